@@ -1,0 +1,6 @@
+"""Models: the event-log contract, encoding, the event-sequence model, sampling and evaluation."""
+
+from models.errors import DataContractError, TwinsimError
+from models.event_log import EventLog, load_event_log
+
+__all__ = ["DataContractError", "EventLog", "TwinsimError", "load_event_log"]

@@ -1,0 +1,1 @@
+"""Scenarios (campaigns, stress, recommender adapters) as TOML files; filled in by the engine work."""

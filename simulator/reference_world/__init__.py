@@ -1,0 +1,12 @@
+"""The reference bank world: an agent-based generator of realistic customer event logs.
+
+It stands in for a bank's private data, so that the whole pipeline runs without any real customer.
+Its behavioural laws are documented in docs/reference-world.md and parameterised in ``laws.py``.
+
+>>> from simulator.reference_world import WorldConfig, generate_reference_world
+>>> manifest = generate_reference_world(WorldConfig(users=200, days=60, seed=1), "/tmp/world")  # doctest: +SKIP
+"""
+
+from simulator.reference_world.world import WorldConfig, generate_reference_world
+
+__all__ = ["WorldConfig", "generate_reference_world"]

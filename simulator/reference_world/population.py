@@ -1,0 +1,112 @@
+"""Customers of the reference world: observable static attributes and the latent traits behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from simulator.reference_world import laws
+
+
+@dataclass
+class Population:
+    """Struct of arrays for one chunk of users (index ``i`` is user ``first_id + i``)."""
+
+    first_id: int
+    segment: np.ndarray
+    age_band: np.ndarray
+    region: np.ndarray
+    tenure_months: np.ndarray
+    channel: np.ndarray  # preferred channel
+    monthly_income: np.ndarray
+    biweekly: np.ndarray  # bool: paid every other Friday instead of monthly
+    pay_option: np.ndarray  # index into PAYDAY_DAYS (monthly) or fortnight parity (bi-weekly)
+    login_rate: np.ndarray
+    spend_rate: np.ndarray
+    amount_scale: np.ndarray  # multiplies every card amount of the user
+    daily_outflow: np.ndarray  # rent, bills and savings that leave the account without card events
+    affinity: np.ndarray  # (users, products) latent preference for each offer
+    competitor_pull: np.ndarray  # standard normal; higher churns more
+
+    def __len__(self) -> int:
+        return len(self.segment)
+
+    @property
+    def income_band(self) -> np.ndarray:
+        return np.searchsorted(laws.INCOME_BAND_EDGES, self.monthly_income)
+
+    def user_ids(self) -> list[str]:
+        return [f"u{self.first_id + i:07d}" for i in range(len(self))]
+
+
+def _choice_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of ``probs`` (rows sum to 1)."""
+    cdf = np.cumsum(probs, axis=1)
+    cdf[:, -1] = 1.0
+    return (cdf < rng.random(len(probs))[:, None]).sum(axis=1)
+
+
+def sample_population(rng: np.random.Generator, first_id: int, n: int) -> Population:
+    seg = rng.choice(len(laws.SEGMENTS), size=n, p=laws.SEGMENT_SHARE)
+    income = laws.MONTHLY_INCOME_MEDIAN[seg] * np.exp(rng.normal(0, laws.MONTHLY_INCOME_SIGMA, n))
+    biweekly = rng.random(n) < laws.BIWEEKLY_PAY_P[seg]
+    pay_option = np.where(biweekly, rng.integers(0, 2, n), _choice_rows(rng, laws.PAYDAY_DAY_P[seg]))
+    spend_rate = laws.SPEND_RATE[seg] * rng.gamma(laws.SPEND_RATE_SHAPE, 1 / laws.SPEND_RATE_SHAPE, n)
+    # Richer users pay more per purchase; the propensity term makes some users spend beyond their means.
+    propensity = np.exp(rng.normal(0, laws.SPEND_PROPENSITY_SD, n))
+    amount_scale = (laws.SEGMENT_AMOUNT_SCALE[seg] * np.sqrt(income / laws.MONTHLY_INCOME_MEDIAN[seg])
+                    * propensity)
+    # The budget for non-card outflows leaves room for the card spending a user *plans* (their own rate,
+    # their segment's prices); users whose propensity makes them pay more than planned drift into overdraft.
+    planned_daily_spend = spend_rate * amount_scale / propensity * _mean_amount(seg)
+    daily_outflow = np.maximum(0.0, laws.BUDGET_SHARE * income * 12 / 365 - planned_daily_spend)
+    affinity = laws.AFFINITY_MEAN[seg] + rng.normal(0, laws.AFFINITY_SD, (n, len(laws.PRODUCTS)))
+    return Population(
+        first_id=first_id,
+        segment=seg.astype(np.int8),
+        age_band=_choice_rows(rng, laws.AGE_BAND_P[seg]).astype(np.int8),
+        region=rng.choice(len(laws.REGIONS), size=n, p=laws.REGION_SHARE).astype(np.int8),
+        tenure_months=np.clip(rng.exponential(laws.TENURE_MONTHS_MEAN[seg]), 1, laws.MAX_TENURE_MONTHS).astype(np.int32),
+        channel=_choice_rows(rng, laws.CHANNEL_P[seg]).astype(np.int8),
+        monthly_income=income,
+        biweekly=biweekly,
+        pay_option=pay_option.astype(np.int8),
+        login_rate=laws.LOGIN_RATE[seg] * rng.gamma(laws.LOGIN_RATE_SHAPE, 1 / laws.LOGIN_RATE_SHAPE, n),
+        spend_rate=spend_rate,
+        amount_scale=amount_scale,
+        daily_outflow=daily_outflow,
+        affinity=affinity,
+        competitor_pull=rng.normal(0, 1, n),
+    )
+
+
+def _mean_amount(seg: np.ndarray) -> np.ndarray:
+    """Expected card amount before the user's own scale, by segment (log-normal means, HNW tails)."""
+    per_merchant = laws.AMOUNT_MEDIAN * np.exp(laws.AMOUNT_SIGMA**2 / 2)
+    tail = np.isin(laws.MERCHANTS, laws.HNW_TAIL_MERCHANTS)
+    hnw = laws.SEGMENTS.index("high_net_worth")
+    pareto_mean = laws.HNW_PARETO_ALPHA / (laws.HNW_PARETO_ALPHA - 1)
+    by_segment = np.array([
+        (laws.MERCHANT_P[s] * per_merchant * np.where(tail & (s == hnw), pareto_mean, 1.0)).sum()
+        for s in range(len(laws.SEGMENTS))
+    ])
+    return by_segment[seg]
+
+
+def _labels(codes: np.ndarray, vocabulary: tuple[str, ...]) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(vocabulary))
+
+
+def users_table(pop: Population) -> pa.Table:
+    """The observable users table (latent traits stay hidden, as they would in a bank's data)."""
+    return pa.table({
+        "user_id": pa.array(pop.user_ids()),
+        "segment": _labels(pop.segment, laws.SEGMENTS),
+        "age_band": _labels(pop.age_band, laws.AGE_BANDS),
+        "income_band": _labels(pop.income_band, laws.INCOME_BANDS),
+        "region": _labels(pop.region, laws.REGIONS),
+        "tenure_months": pa.array(pop.tenure_months),
+        "preferred_channel": _labels(pop.channel, laws.CHANNELS),
+    })

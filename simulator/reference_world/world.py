@@ -1,0 +1,103 @@
+"""Generate the reference world: chunks of users simulated independently, streamed to Parquet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.artifacts import atomic_output_dir, check_output_dir, write_json
+from models.errors import TwinsimError
+from simulator.reference_world import laws
+from simulator.reference_world.behaviour import simulate_chunk
+from simulator.reference_world.calendar import build_calendar
+from simulator.reference_world.population import sample_population, users_table
+
+# Users are simulated in chunks of this size, each from its own random stream keyed by (seed, chunk).
+# Output therefore depends on the seed and on this constant, never on the machine or on timing.
+CHUNK_USERS = 10_000
+MAX_DAYS = 3_660
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Size, window and seed of a reference world."""
+
+    users: int = 5_000
+    days: int = 365
+    start: date = date(2025, 1, 1)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.users < 1:
+            raise TwinsimError(f"--users must be at least 1 (got {self.users}); e.g. --users 5000")
+        if not 1 <= self.days <= MAX_DAYS:
+            raise TwinsimError(f"--days must be between 1 and {MAX_DAYS} (got {self.days}); e.g. --days 365")
+        if self.seed < 0:
+            raise TwinsimError(f"--seed must be a non-negative integer (got {self.seed}); e.g. --seed 7")
+
+
+def generate_reference_world(
+    config: WorldConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Write ``events.parquet``, ``users.parquet``, ``macro.parquet`` and ``world.json`` to ``out_dir``.
+
+    ``progress`` is called with the number of user-days completed since its last call.
+    Returns the manifest written to ``world.json``.
+    """
+    config.validate()
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite)
+    started = time.perf_counter()
+    root = np.random.SeedSequence(config.seed)
+    cal = build_calendar(config.start, config.days, np.random.default_rng(root.spawn(1)[0]))
+    chunk_seeds = np.random.SeedSequence(config.seed, spawn_key=(1,))
+    counts = np.zeros(len(laws.EVENT_TYPES), dtype=np.int64)
+    closed = 0
+    with atomic_output_dir(out_dir, overwrite) as tmp:
+        events_writer = users_writer = None
+        try:
+            for chunk, first in enumerate(range(0, config.users, CHUNK_USERS)):
+                size = min(CHUNK_USERS, config.users - first)
+                rng = np.random.default_rng(np.random.SeedSequence(chunk_seeds.entropy, spawn_key=(1, chunk)))
+                pop = sample_population(rng, first, size)
+                events = simulate_chunk(pop, cal, rng, (lambda _day, s=size: progress(s)) if progress else None)
+                users = users_table(pop)
+                if events_writer is None:
+                    events_writer = pq.ParquetWriter(tmp / "events.parquet", events.schema, compression="zstd")
+                    users_writer = pq.ParquetWriter(tmp / "users.parquet", users.schema, compression="zstd")
+                events_writer.write_table(events)
+                users_writer.write_table(users)
+                codes = events.column("event_type").combine_chunks().indices.to_numpy()
+                counts += np.bincount(codes, minlength=len(laws.EVENT_TYPES))
+                closed += int((codes == laws.EVENT_TYPES.index("account_closed")).sum())
+        finally:
+            for writer in (events_writer, users_writer):
+                if writer is not None:
+                    writer.close()
+        pq.write_table(pa.table({"date": pa.array(cal.dates), "macro_index": pa.array(cal.macro_index)}),
+                       tmp / "macro.parquet")
+        seconds = time.perf_counter() - started
+        manifest = {
+            "generator": "twinsim reference-world",
+            "config": {**asdict(config), "start": config.start.isoformat(), "chunk_users": CHUNK_USERS},
+            "window": {"start": config.start.isoformat(),
+                       "end_exclusive": str(cal.dates[-1] + np.timedelta64(1, "D"))},
+            "files": {"events": "events.parquet", "users": "users.parquet", "macro": "macro.parquet"},
+            "counts": {"users": config.users, "events": int(counts.sum()), "users_closed": closed,
+                       "events_by_type": {t: int(c) for t, c in zip(laws.EVENT_TYPES, counts, strict=True)}},
+            "timing": {"seconds": round(seconds, 3), "events_per_second": round(counts.sum() / seconds)},
+            "laws": "docs/reference-world.md",
+        }
+        write_json(tmp / "world.json", manifest)
+    return manifest
