@@ -92,6 +92,7 @@ def format_summary(s: dict[str, Any]) -> str:
             if row["kind"] == "numeric":
                 detail = "  ".join(f"{k} {row[k]:g}" for k in ("min", "p50", "max"))
             else:
-                detail = f"{row['categories']} categories; top: " + ", ".join(f"{c} {n:,}" for c, n in row["top"].items())
+                top = ", ".join(f"{c} {n:,}" for c, n in row["top"].items())
+                detail = f"{row['categories']} categories; top: {top}"
             lines.append(f"  {a}: {detail}")
     return "\n".join(lines)

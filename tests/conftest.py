@@ -1,0 +1,45 @@
+"""Shared fixtures: small data made by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulator.reference_world import WorldConfig, generate_reference_world
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory) -> Path:
+    """A one-year reference world, small enough for the suite but large enough for the laws to show."""
+    out = tmp_path_factory.mktemp("world") / "world"
+    generate_reference_world(WorldConfig(users=2_000, days=365, seed=11), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def world(world_dir) -> dict[str, pd.DataFrame]:
+    events = pd.read_parquet(world_dir / "events.parquet")
+    users = pd.read_parquet(world_dir / "users.parquet")
+    events["user_id"] = events["user_id"].astype(str)
+    users["user_id"] = users["user_id"].astype(str)
+    return {"events": events, "users": users, "macro": pd.read_parquet(world_dir / "macro.parquet")}
+
+
+@pytest.fixture
+def good_events() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": ["a", "a", "b", "b", "c"],
+        "timestamp": ["2025-01-01T10:00:00Z", "2025-01-02T11:00:00Z", "2025-01-01T09:00:00Z",
+                      "2025-01-03T12:30:00+01:00", "2025-01-05T08:00:00Z"],
+        "event_type": ["login", "card_payment", "login", "card_payment", "login"],
+        "amount": [None, 12.5, None, 40.0, None],
+        "channel": ["app", None, "web", None, "app"],
+    })
+
+
+@pytest.fixture
+def good_users() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": ["a", "b", "c"], "segment": ["student", "family", "retiree"],
+                         "tenure_months": [3, 40, 200]})

@@ -1,0 +1,97 @@
+"""The command line: help and version, exit codes, clear errors, nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.mark.parametrize("command", [[], ["reference-world"], ["inspect"]])
+def test_every_command_has_help_with_an_example(run, command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+    if command:
+        assert "Example" in result.output
+
+
+def test_version(run):
+    result = run("--version")
+    assert result.exit_code == 0 and "twinsim, version" in result.output
+
+
+def test_reference_world_then_inspect(run, tmp_path):
+    out = tmp_path / "w"
+    result = run("reference-world", "--users", 50, "--days", 20, "--seed", 3, "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"events.parquet", "users.parquet", "macro.parquet", "world.json"}
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["config"]["seed"] == 3 and manifest["counts"]["users"] == 50
+    text = run("inspect", out)
+    assert text.exit_code == 0
+    assert "users:  50 with events" in text.output and "card_payment" in text.output
+    summary = json.loads(run("inspect", out, "--json").output)
+    assert summary["events"] == manifest["counts"]["events"]
+    assert set(summary["amounts"]) == {"income", "card_payment", "card_declined", "fee"} & set(
+        t for t, n in manifest["counts"]["events_by_type"].items() if n)
+
+
+def test_refuses_to_overwrite_without_the_flag_and_keeps_the_old_output(run, tmp_path):
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = run("reference-world", "--users", 10, "--days", 5, "-o", out)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+    assert run("reference-world", "--users", 10, "--days", 5, "-o", out, "--overwrite").exit_code == 0
+    assert not (out / "keep.txt").exists() and (out / "events.parquet").exists()
+
+
+@pytest.mark.parametrize("option", [["--days", "0"], ["--users", "0"], ["--seed", "-1"], ["--start", "01/02/2025"]])
+def test_bad_options_exit_2_and_write_nothing(run, tmp_path, option):
+    out = tmp_path / "new" / "w"
+    result = run("reference-world", *option, "-o", out)
+    assert result.exit_code == 2
+    assert "e.g." in result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_inspect_bad_input_exits_2_with_file_column_and_fix(run, tmp_path):
+    path = tmp_path / "events.csv"
+    pd.DataFrame({"user_id": ["a"], "timestamp": ["tomorrow"], "event_type": ["login"]}).to_csv(path, index=False)
+    result = run("inspect", path)
+    assert result.exit_code == 2
+    assert "error: events have a timestamp that cannot be parsed" in result.output
+    for part in (f"file:    {path}", "column:  timestamp", "example: row 1:", "fix:"):
+        assert part in result.output
+    assert "Traceback" not in result.output
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    from models.errors import DataContractError
+
+    with pytest.raises(DataContractError):
+        CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "missing.csv")], catch_exceptions=False)
+
+
+def test_inspect_prints_warnings_for_dropped_duplicates(run, tmp_path):
+    path = tmp_path / "events.csv"
+    row = {"user_id": "a", "timestamp": "2025-01-01T00:00:00Z", "event_type": "login"}
+    pd.DataFrame([row, row]).to_csv(path, index=False)
+    result = run("inspect", path)
+    assert result.exit_code == 0 and "warning: dropped 1 duplicated event row(s) of 2" in result.output

@@ -1,0 +1,171 @@
+"""The reference world's behavioural laws hold statistically at small scale (docs/reference-world.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from models.event_log import load_event_log
+from simulator.reference_world import WorldConfig, generate_reference_world
+from simulator.reference_world.calendar import build_calendar
+
+
+def of_type(events: pd.DataFrame, event_type: str) -> pd.DataFrame:
+    return events[events["event_type"] == event_type]
+
+
+def test_output_meets_the_event_log_contract_cleanly(world_dir):
+    log = load_event_log(world_dir)
+    assert log.notes == []  # no duplicates, already sorted, time zone given
+    assert set(log.amount_types) == {"income", "card_payment", "card_declined", "fee"}
+    assert set(log.marks) == {"channel", "merchant_category", "product"}
+    assert len(log.users) == 2_000
+
+
+def test_same_seed_gives_identical_output_and_another_seed_does_not(tmp_path):
+    config = WorldConfig(users=300, days=40, seed=5)
+    for name in ("a", "b"):
+        generate_reference_world(config, tmp_path / name)
+    generate_reference_world(WorldConfig(users=300, days=40, seed=6), tmp_path / "c")
+    for table in ("events", "users", "macro"):
+        a, b, c = (pq.read_table(tmp_path / d / f"{table}.parquet") for d in "abc")
+        assert a.equals(b), table
+        assert not a.equals(c), table
+
+
+def test_all_events_lie_inside_the_window(world):
+    ts = world["events"]["timestamp"]
+    assert ts.min() >= pd.Timestamp("2025-01-01", tz="UTC")
+    assert ts.max() < pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def test_customers_are_heterogeneous(world):
+    users, events = world["users"], world["events"]
+    assert set(users["segment"].astype(str)) == {"student", "young_professional", "family", "retiree",
+                                                   "high_net_worth", "small_business"}
+    logins = of_type(events, "login").groupby("user_id").size().reindex(users["user_id"], fill_value=0)
+    assert logins.std() / logins.mean() > 0.5  # per-user return intervals differ widely
+    seg_rate = logins.groupby(users.set_index("user_id")["segment"].astype(str)).mean()
+    assert seg_rate["student"] > 1.8 * seg_rate["retiree"]
+
+
+def test_income_arrives_on_a_per_user_payday_never_at_weekends(world):
+    income = of_type(world["events"], "income")
+    assert not income["timestamp"].dt.day_of_week.isin([5, 6]).any()
+    assert income["timestamp"].dt.hour.between(2, 6).all()
+    gaps = income.groupby("user_id")["timestamp"].diff().dropna().dt.days
+    biweekly = gaps.between(13, 14)
+    monthly = gaps.between(25, 35)
+    assert (biweekly | monthly).mean() > 0.99
+    # each user has one schedule and a stable salary
+    per_user = income.assign(gap=income.groupby("user_id")["timestamp"].diff().dt.days).dropna(subset=["gap"])
+    schedules = per_user.groupby("user_id")["gap"].agg(lambda g: g.between(13, 14).mean())
+    assert ((schedules == 0) | (schedules == 1)).mean() > 0.99
+    cv = income.groupby("user_id")["amount"].agg(lambda a: a.std() / a.mean()).dropna()
+    assert cv.median() < 0.05
+
+
+def test_logins_follow_weekly_and_daily_rhythms(world):
+    logins = of_type(world["events"], "login")["timestamp"]
+    per_weekday = logins.dt.day_of_week.value_counts().sort_index()
+    assert per_weekday[[5, 6]].mean() < 0.85 * per_weekday[[0, 1, 2, 3, 4]].mean()
+    hours = logins.dt.hour.value_counts(normalize=True)
+    assert hours.reindex([2, 3, 4], fill_value=0).sum() < 0.03
+    assert hours.reindex(range(19, 23)).sum() > 2 * hours.reindex(range(14, 18)).sum()
+
+
+def test_card_spending_has_december_gift_cards_and_summer_travel(world):
+    pay = of_type(world["events"], "card_payment")
+    month = pay["timestamp"].dt.month
+    gift = (pay["merchant_category"] == "gift_cards").groupby(month).mean()
+    travel = (pay["merchant_category"] == "travel").groupby(month).mean()
+    assert gift[12] > 4 * gift[3:10].mean()
+    assert travel[7] > 2 * travel[[3, 4, 10]].mean()
+
+
+def test_top_one_percent_of_card_amounts_comes_mostly_from_the_rare_wealthy_segment(world):
+    pay = of_type(world["events"], "card_payment").merge(world["users"][["user_id", "segment"]], on="user_id")
+    top = pay[pay["amount"] >= pay["amount"].quantile(0.99)]
+    hnw_users = (world["users"]["segment"] == "high_net_worth").mean()
+    assert hnw_users < 0.08
+    assert (top["segment"] == "high_net_worth").mean() > 0.4
+
+
+def test_offers_are_shown_at_login_and_responses_follow_them(world):
+    ev = world["events"]
+    shown, clicks, buys = (of_type(ev, t) for t in ("offer_shown", "offer_click", "offer_purchase"))
+    logins = of_type(ev, "login")[["user_id", "timestamp"]].sort_values("timestamp")
+    at_login = pd.merge_asof(shown.sort_values("timestamp"), logins, on="timestamp", by="user_id",
+                             direction="backward", tolerance=pd.Timedelta(seconds=21))
+    assert len(shown) > 0 and at_login.shape[0] == len(shown)
+    prev = shown[["user_id", "timestamp", "product"]].rename(columns={"product": "shown_product"})
+    matched = pd.merge_asof(clicks.sort_values("timestamp"), prev.sort_values("timestamp"), on="timestamp",
+                            by="user_id", direction="backward", tolerance=pd.Timedelta(minutes=4))
+    assert (matched["shown_product"].astype(str) == matched["product"].astype(str)).mean() > 0.99
+    assert 0.03 < len(clicks) / len(shown) < 0.2
+    assert 0.1 < len(buys) / len(clicks) < 0.5
+
+
+def test_click_rate_falls_with_fatigue(world):
+    shown = of_type(world["events"], "offer_shown").copy()
+    clicks = of_type(world["events"], "offer_click")
+    shown["nth"] = shown.groupby(["user_id", "product"], observed=True).cumcount()
+    key = ["user_id", "product", "timestamp"]
+    clicked = pd.merge_asof(clicks.sort_values("timestamp")[["user_id", "product", "timestamp"]]
+                            .assign(click=1).astype({"product": str}),
+                            shown.sort_values("timestamp")[key + ["nth"]].astype({"product": str}),
+                            on="timestamp", by=["user_id", "product"], direction="backward")
+    ctr = clicked.groupby("nth").size() / shown.groupby("nth").size()
+    assert ctr.iloc[0] > 1.3 * ctr.iloc[5:15].mean()
+
+
+def test_mortgage_inquiries_are_followed_by_home_insurance_interest_within_90_days(world):
+    inq = of_type(world["events"], "product_inquiry")
+    mortgage = inq[inq["product"] == "mortgage"]
+    insurance = inq[inq["product"] == "home_insurance"]
+    cutoff = pd.Timestamp("2025-10-01", tz="UTC")  # leave 90 days to observe the follow-up
+    first = mortgage[mortgage["timestamp"] < cutoff].groupby("user_id")["timestamp"].min()
+    assert len(first) > 40
+    ins = insurance.groupby("user_id")["timestamp"].apply(list)
+    followed = [any(t < s <= t + pd.Timedelta(days=90) for s in ins.get(u, [])) for u, t in first.items()]
+    base_users = world["users"]["user_id"][~world["users"]["user_id"].isin(mortgage["user_id"])]
+    background = insurance["user_id"].isin(base_users).sum() / len(base_users) * 90 / 365
+    assert np.mean(followed) > 0.4
+    assert background < 0.05
+
+
+def test_account_closed_is_terminal_and_most_users_are_censored(world):
+    ev = world["events"]
+    closed = of_type(ev, "account_closed")
+    assert closed["user_id"].is_unique
+    last = ev.groupby("user_id").tail(1)
+    assert set(closed.index) <= set(last.index)  # nothing after account_closed
+    assert 0.03 < closed["user_id"].nunique() / len(world["users"]) < 0.3
+
+
+def test_downturn_lowers_spending_and_raises_churn(world):
+    macro = world["macro"].set_index("date")["macro_index"]
+    assert macro.min() < 90 and (macro > 97).mean() > 0.5
+    ev = world["events"]
+    day = ev["timestamp"].dt.tz_localize(None).dt.normalize()
+    closed_day = of_type(ev, "account_closed").assign(day=day).set_index("user_id")["day"]
+    days = pd.DatetimeIndex(macro.index)
+    payments = of_type(ev, "card_payment").assign(day=day).groupby("day").size().reindex(days, fill_value=0)
+    closures = closed_day.value_counts().reindex(days, fill_value=0)
+    alive = len(world["users"]) - closures.cumsum().shift(1, fill_value=0).to_numpy()  # closing day counts
+    trough = macro.to_numpy() < 92
+    calm = (macro.to_numpy() > 98) & ~((days.month == 12) | ((days.month == 11) & (days.day >= 25)))
+    rate = payments.to_numpy() / alive
+    assert rate[trough].mean() < 0.85 * rate[calm].mean()
+    churn = closures.to_numpy() / alive
+    assert churn[macro.to_numpy() < 95].mean() > 1.3 * churn[calm].mean()
+
+
+@pytest.mark.parametrize("day,expected", [("2025-05-31", "2025-05-30"), ("2025-08-31", "2025-08-29")])
+def test_weekend_paydays_move_back_to_friday(day, expected):
+    cal = build_calendar(pd.Timestamp("2025-01-01").date(), 365, np.random.default_rng(0))
+    last_day_option = 5  # PAYDAY_DAYS[5] == 31: last day of the month
+    paid = cal.dates[cal.monthly_payday[last_day_option]]
+    assert np.datetime64(expected) in paid and np.datetime64(day) not in paid
