@@ -36,7 +36,7 @@ def _merchant_cdfs() -> np.ndarray:
     normal = laws.MERCHANT_P.copy()
     gift = normal.copy()
     gift[:, M["gift_cards"]] *= laws.GIFT_CARD_BOOST
-    gift[:, M["retail"]] *= 2.0
+    gift[:, M["retail"]] *= laws.GIFT_SEASON_RETAIL_BOOST
     summer = normal.copy()
     summer[:, M["travel"]] *= laws.SUMMER_TRAVEL_BOOST
     mixes = np.stack([normal, gift, summer])
@@ -135,7 +135,7 @@ def simulate_chunk(
         payday = np.where(pop.biweekly, cal.biweekly_payday[pop.pay_option.clip(0, 1), day],
                           cal.monthly_payday[pop.pay_option, day]) & alive
         paid = idx[payday]
-        income = pay_amount[paid] * (1 + rng.normal(0, 0.02, len(paid)))
+        income = pay_amount[paid] * (1 + rng.normal(0, laws.INCOME_NOISE_SD, len(paid)))
         out.add(paid, day * DAY + rng.integers(laws.INCOME_HOURS[0] * 3600, laws.INCOME_HOURS[1] * 3600, len(paid)),
                 "income", amount=income)
         balance[paid] += income
@@ -190,14 +190,14 @@ def simulate_chunk(
         # Card payments: weekday rhythm, seasons and the macro index; users in overdraft hold back.
         season = 1 if cal.gift_season[day] else 2 if cal.summer_season[day] else 0
         spend = (pop.spend_rate * laws.SPEND_WEEKDAY[wd] * macro**laws.MACRO_SPEND_EXPONENT
-                 * engagement**0.3 * np.where(balance < 0, 0.6, 1.0)
+                 * engagement**laws.SPEND_ENGAGEMENT_EXPONENT * np.where(balance < 0, laws.OVERDRAFT_SPEND_FACTOR, 1.0)
                  * (laws.GIFT_SEASON_SPEND if season == 1 else 1.0))
         tx_user = np.repeat(idx, rng.poisson(spend) * alive)
         merchant = _sample_cdf(rng, MERCHANT_CDF[season, seg[tx_user]])
         amount = (laws.AMOUNT_MEDIAN[merchant] * pop.amount_scale[tx_user]
                   * np.exp(rng.normal(0, 1, len(tx_user)) * laws.AMOUNT_SIGMA[merchant]))
         tail = TAIL_MERCHANT[merchant] & (seg[tx_user] == HNW)
-        amount[tail] *= rng.pareto(laws.HNW_PARETO_ALPHA, tail.sum()) + 1.0
+        amount[tail] *= np.minimum(rng.pareto(laws.HNW_PARETO_ALPHA, tail.sum()) + 1.0, laws.HNW_PARETO_CAP)
         tx_time = _clock(rng, day, np.broadcast_to(SPEND_HOUR_CDF, (len(tx_user), 24)))
         declined = rng.random(len(tx_user)) < (laws.DECLINE_P + laws.DECLINE_P_OVER_LIMIT
                                                * (balance[tx_user] < -overdraft_limit[tx_user]))
@@ -213,7 +213,7 @@ def simulate_chunk(
         fee = rng.uniform(*laws.FEE_AMOUNT, len(charged))
         out.add(charged, day * DAY + rng.integers(23 * 3600 + 1800, DAY, len(charged)), "fee", amount=fee)
         balance[charged] -= fee
-        friction[charged] += 0.5
+        friction[charged] += laws.FEE_FRICTION
         last_fee[charged] = day
 
         # Churn: a hazard raised by disengagement, friction, competitor pull and macro stress.

@@ -82,6 +82,7 @@ SEGMENT_AMOUNT_SCALE = np.array([0.55, 1.0, 1.1, 0.85, 2.5, 1.3])
 # The rare high-net-worth segment also draws a Pareto multiplier on travel and luxury: the top 1 % of
 # card amounts comes mostly from it.
 HNW_PARETO_ALPHA = 1.6
+HNW_PARETO_CAP = 40.0  # the multiplier is capped: no single card payment is absurd
 HNW_TAIL_MERCHANTS = ("travel", "luxury")
 
 # ------------------------------------------------------------------------------------ calendar
@@ -102,6 +103,7 @@ INCOME_HOURS = (2, 7)  # salary batches post between 02:00 and 07:00
 GIFT_SEASON = ((11, 25), (12, 24))  # gift cards x GIFT_CARD_BOOST, retail x 2, spending x 1.25
 GIFT_CARD_BOOST = 12.0
 GIFT_SEASON_SPEND = 1.25
+GIFT_SEASON_RETAIL_BOOST = 2.0
 SUMMER_SEASON = ((6, 15), (8, 31))  # travel x SUMMER_TRAVEL_BOOST
 SUMMER_TRAVEL_BOOST = 3.5
 
@@ -150,10 +152,14 @@ START_BALANCE_MONTHS = (1.0, 2.0)  # uniform, in months of income: covers one pa
 OVERDRAFT_LIMIT_MONTHS = 0.4
 SPEND_PROPENSITY_SD = 0.15  # log-normal spread of how much more (or less) than planned users pay
 BUDGET_SHARE = 0.95  # share of income a user plans to spend; the rest accumulates
+OVERDRAFT_SPEND_FACTOR = 0.6  # users below zero make fewer card payments
+SPEND_ENGAGEMENT_EXPONENT = 0.3  # card payments scale with engagement ** this (logins with engagement)
+INCOME_NOISE_SD = 0.02  # relative noise of each salary deposit
 DECLINE_P = 0.002  # background card decline rate
 DECLINE_P_OVER_LIMIT = 0.5
 FEE_AMOUNT = (12.0, 35.0)  # overdraft fee charged at the end of a day ending below zero
 FRICTION_DECAY = 0.97
+FEE_FRICTION = 0.5  # friction added by a fee (a decline adds 1)
 
 # ------------------------------------------------------------------------------------ engagement, churn, macro
 ENGAGEMENT_REVERSION = 0.03  # Ornstein-Uhlenbeck pull of log-engagement to 0 per day
