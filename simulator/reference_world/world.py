@@ -43,6 +43,10 @@ class WorldConfig:
             raise TwinsimError(f"--seed must be a non-negative integer (got {self.seed}); e.g. --seed 7")
 
 
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
 def generate_reference_world(
     config: WorldConfig,
     out_dir: str | Path,
@@ -59,17 +63,15 @@ def generate_reference_world(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     started = time.perf_counter()
-    root = np.random.SeedSequence(config.seed)
-    cal = build_calendar(config.start, config.days, np.random.default_rng(root.spawn(1)[0]))
-    chunk_seeds = np.random.SeedSequence(config.seed, spawn_key=(1,))
+    # Independent streams: (seed, 0) for the calendar's macro index, (seed, 1, chunk) for each chunk.
+    cal = build_calendar(config.start, config.days, _rng(config.seed, 0))
     counts = np.zeros(len(laws.EVENT_TYPES), dtype=np.int64)
-    closed = 0
     with atomic_output_dir(out_dir, overwrite) as tmp:
         events_writer = users_writer = None
         try:
             for chunk, first in enumerate(range(0, config.users, CHUNK_USERS)):
                 size = min(CHUNK_USERS, config.users - first)
-                rng = np.random.default_rng(np.random.SeedSequence(chunk_seeds.entropy, spawn_key=(1, chunk)))
+                rng = _rng(config.seed, 1, chunk)
                 pop = sample_population(rng, first, size)
                 events = simulate_chunk(pop, cal, rng, (lambda _day, s=size: progress(s)) if progress else None)
                 users = users_table(pop)
@@ -80,7 +82,6 @@ def generate_reference_world(
                 users_writer.write_table(users)
                 codes = events.column("event_type").combine_chunks().indices.to_numpy()
                 counts += np.bincount(codes, minlength=len(laws.EVENT_TYPES))
-                closed += int((codes == laws.EVENT_TYPES.index("account_closed")).sum())
         finally:
             for writer in (events_writer, users_writer):
                 if writer is not None:
@@ -94,7 +95,8 @@ def generate_reference_world(
             "window": {"start": config.start.isoformat(),
                        "end_exclusive": str(cal.dates[-1] + np.timedelta64(1, "D"))},
             "files": {"events": "events.parquet", "users": "users.parquet", "macro": "macro.parquet"},
-            "counts": {"users": config.users, "events": int(counts.sum()), "users_closed": closed,
+            "counts": {"users": config.users, "events": int(counts.sum()),
+                       "users_closed": int(counts[laws.EVENT_TYPES.index("account_closed")]),
                        "events_by_type": {t: int(c) for t, c in zip(laws.EVENT_TYPES, counts, strict=True)}},
             "timing": {"seconds": round(seconds, 3), "events_per_second": round(counts.sum() / seconds)},
             "laws": "docs/reference-world.md",
