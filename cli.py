@@ -69,7 +69,7 @@ def reference_world(users: int, days: int, start: date, seed: int, output: Path,
 
     An agent-based stand-in for a bank's private event log (logins, income, card payments, offers and
     responses, life-stage chains, a macro downturn, churn). Its laws are in docs/reference-world.md.
-    Writes events.parquet, users.parquet, macro.parquet and world.json.
+    Writes events.parquet, users.parquet, context.parquet and world.json.
 
     \b
     Example:

@@ -5,6 +5,7 @@ The contract (docs/data-contract.md):
 * ``events``: required ``user_id``, ``timestamp``, ``event_type``; optional numeric ``amount``; every
   other column is a categorical *mark* (channel, merchant category, product, ...).
 * ``users`` (optional): ``user_id`` plus static attributes, one row per user.
+* ``context`` (optional): ``date`` plus numeric daily series that act on everyone (a macro index).
 
 Input is Parquet or CSV, a single file or a directory of files. Anything that breaks the contract raises
 :class:`~models.errors.DataContractError` naming the file, the column, an example row and the fix.
@@ -44,6 +45,7 @@ class EventLog:
     event_files: tuple[Path, ...]
     user_files: tuple[Path, ...] = ()
     notes: list[str] = field(default_factory=list)
+    context: pd.DataFrame | None = None  # one row per day: date (datetime64[D]) + numeric columns
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -51,14 +53,17 @@ class EventLog:
         return () if self.users is None else tuple(c for c in self.users.columns if c != "user_id")
 
 
-def load_event_log(path: str | Path, users: str | Path | None = None) -> EventLog:
+def load_event_log(
+    path: str | Path, users: str | Path | None = None, context: str | Path | None = None
+) -> EventLog:
     """Read and validate an event log.
 
     ``path`` is an events file, a directory of events files, or a dataset directory holding an
-    ``events`` entry (``events.parquet``, ``events.csv`` or an ``events/`` directory) and optionally a
-    ``users`` entry. ``users`` overrides the dataset's users table.
+    ``events`` entry (``events.parquet``, ``events.csv`` or an ``events/`` directory) and optionally
+    ``users`` and ``context`` entries. ``users`` and ``context`` override the dataset's own tables.
     """
     event_files, user_files = resolve_tables(Path(path), None if users is None else Path(users))
+    context_files = _context_files(Path(path), None if context is None else Path(context))
     notes: list[str] = []
     user_table = None
     if user_files:
@@ -76,6 +81,8 @@ def load_event_log(path: str | Path, users: str | Path | None = None) -> EventLo
         event_files=tuple(event_files),
         user_files=tuple(user_files),
         notes=notes,
+        context=_normalise_context(_read_tables(context_files, "context", ("date",)), context_files)
+        if context_files else None,
     )
 
 
@@ -99,6 +106,15 @@ def resolve_tables(path: Path, users: Path | None = None) -> tuple[list[Path], l
             events_entry = entry
             user_entry = users if users is not None else _dataset_entry(path, "users")
     return _data_files(events_entry, "events"), ([] if user_entry is None else _data_files(user_entry, "users"))
+
+
+def _context_files(path: Path, context: Path | None) -> list[Path]:
+    if context is not None:
+        if not context.exists():
+            raise DataContractError("context table does not exist", file=str(context), fix="check the context path")
+        return _data_files(context, "context")
+    entry = _dataset_entry(path, "context") if path.is_dir() else None
+    return [] if entry is None else _data_files(entry, "context")
 
 
 def _dataset_entry(directory: Path, name: str) -> Path | None:
@@ -210,29 +226,32 @@ def _fail(problem: str, frame, bad, files, column: str, shown: list[str], fix: s
     raise DataContractError(problem, file=file, column=column, example=example, fix=fix)
 
 
+def _text(series: pd.Series) -> pd.Series:
+    """Values as stripped text with blanks as missing (categorical). Each distinct value is converted
+    once, which keeps this fast on logs with millions of rows."""
+    if pd.api.types.is_float_dtype(series) and np.all(np.mod(series.dropna(), 1) == 0):
+        series = series.astype("Int64")  # integral floats (ids read from a column with gaps) lose their '.0'
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    clean = pd.Index(uniques).astype("str").str.strip()
+    clean = np.append(np.asarray(clean.where(clean != ""), dtype=object), np.nan)  # code -1 -> NaN
+    return pd.Series(clean[codes], index=series.index, dtype="category")
+
+
 def _blank(series: pd.Series) -> pd.Series:
     """Missing values and empty / whitespace-only strings."""
-    text = series.astype("str").str.strip() if not pd.api.types.is_numeric_dtype(series) else None
-    return series.isna() | (text == "") if text is not None else series.isna()
-
-
-def _ids_as_text(series: pd.Series) -> pd.Series:
-    """User ids as strings; integral floats (ids read from a column with gaps) lose their '.0'."""
-    if pd.api.types.is_float_dtype(series) and np.all(np.mod(series.dropna(), 1) == 0):
-        series = series.astype("Int64")
-    return series.astype("str").str.strip()
+    return _text(series).isna()
 
 
 def _normalise_events(raw: pd.DataFrame, files: list[Path], notes: list[str]):
     frame = raw
     shown = list(EVENT_COLUMNS) + ([AMOUNT] if AMOUNT in frame else [])
+    clean = {column: _text(frame[column]) for column in ("user_id", "event_type")}
     for column, what in (("user_id", "user id"), ("event_type", "event type")):
-        bad = _blank(frame[column])
+        bad = clean[column].isna()
         if bad.any():
             _fail(f"events have a missing {what}", frame, bad, files, column, shown,
                   f"every event needs a non-empty {column}; drop or repair these rows")
-    frame = frame.assign(user_id=_ids_as_text(frame["user_id"]),
-                         event_type=frame["event_type"].astype("str").str.strip().astype("category"))
+    frame = frame.assign(user_id=clean["user_id"].astype("str"), event_type=clean["event_type"])
     frame["timestamp"] = _parse_timestamps(frame, files, shown, notes)
     amount_types: tuple[str, ...] = ()
     if AMOUNT in frame:
@@ -308,8 +327,7 @@ def _as_category(frame: pd.DataFrame, column: str, files: list[Path], notes: lis
               f"drop '{column}', or if it is a category (e.g. a merchant code) write it as text or integers")
     if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
         notes.append(f"mark column '{column}' holds numbers; it is treated as categorical")
-    text = values.astype("str").str.strip()
-    return text.where(~_blank(values)).astype("category")
+    return _text(values)
 
 
 def _normalise_users(raw: pd.DataFrame, files: list[Path], notes: list[str]) -> pd.DataFrame:
@@ -318,7 +336,7 @@ def _normalise_users(raw: pd.DataFrame, files: list[Path], notes: list[str]) -> 
     if bad.any():
         _fail("users table has a missing user id", raw, bad, files, "user_id", shown,
               "every row of the users table needs a user_id; drop or repair these rows")
-    users = raw.assign(user_id=_ids_as_text(raw["user_id"]))
+    users = raw.assign(user_id=_text(raw["user_id"]).astype("str"))
     attributes = [c for c in shown if c != "user_id"]
     exact = users.duplicated(subset=["user_id", *attributes])
     if exact.any():
@@ -331,19 +349,41 @@ def _normalise_users(raw: pd.DataFrame, files: list[Path], notes: list[str]) -> 
     for column in attributes:
         values = users[column]
         if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
-            users[column] = values.astype("str").str.strip().where(~_blank(values)).astype("category")
+            users[column] = _text(values)
     return users.drop(columns=[_SOURCE, _ROW]).sort_values("user_id", kind="stable").reset_index(drop=True)
+
+
+def _normalise_context(raw: pd.DataFrame, files: list[Path]) -> pd.DataFrame:
+    series = [c for c in raw.columns if c not in ("date", _SOURCE, _ROW)]
+    dates = pd.to_datetime(raw["date"].astype("str"), errors="coerce", format="ISO8601")
+    bad = dates.isna()
+    if bad.any():
+        _fail("context table has a date that cannot be parsed", raw, bad, files, "date", ["date", *series],
+              "write dates as YYYY-MM-DD, one row per day")
+    frame = pd.DataFrame({"date": dates.dt.tz_localize(None).dt.normalize().to_numpy().astype("datetime64[D]")})
+    for column in series:
+        values = pd.to_numeric(raw[column], errors="coerce")
+        bad = values.isna() | np.isinf(values)
+        if bad.any():
+            _fail(f"context column '{column}' has a missing or non-numeric value", raw, bad, files, column,
+                  ["date", column], "context series must be numbers for every day; fill gaps (e.g. forward-fill)")
+        frame[column] = values.astype("float64").to_numpy()
+    clash = frame["date"].duplicated(keep=False)
+    if clash.any():
+        _fail("context table has several rows for the same date", raw, pd.Series(clash.to_numpy(), raw.index),
+              files, "date", ["date"], "keep one row per date")
+    return frame.sort_values("date").reset_index(drop=True)
 
 
 def _check_users_known(events: pd.DataFrame, users: pd.DataFrame, files: list[Path], user_files: list[Path],
                        notes: list[str]) -> None:
-    unknown = ~events["user_id"].isin(users["user_id"])
+    unknown = ~events["user_id"].isin(set(users["user_id"]))  # a set: far faster than isin on str columns
     if unknown.any():
         n_users = events.loc[unknown, "user_id"].nunique()
         _fail(f"{n_users:,} user(s) in the events are missing from the users table "
               f"({', '.join(map(str, user_files))})", events, unknown, files, "user_id",
               list(EVENT_COLUMNS), "add these users to the users table, or drop their events")
-    idle = int((~users["user_id"].isin(events["user_id"])).sum())
+    idle = int((~users["user_id"].isin(set(events["user_id"].unique()))).sum())
     if idle:
         notes.append(f"{idle:,} user(s) of the users table have no events (kept)")
 

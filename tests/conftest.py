@@ -24,7 +24,7 @@ def world(world_dir) -> dict[str, pd.DataFrame]:
     users = pd.read_parquet(world_dir / "users.parquet")
     events["user_id"] = events["user_id"].astype(str)
     users["user_id"] = users["user_id"].astype(str)
-    return {"events": events, "users": users, "macro": pd.read_parquet(world_dir / "macro.parquet")}
+    return {"events": events, "users": users, "macro": pd.read_parquet(world_dir / "context.parquet")}
 
 
 @pytest.fixture

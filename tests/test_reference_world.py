@@ -29,7 +29,7 @@ def test_same_seed_gives_identical_output_and_another_seed_does_not(tmp_path):
     for name in ("a", "b"):
         generate_reference_world(config, tmp_path / name)
     generate_reference_world(WorldConfig(users=300, days=40, seed=6), tmp_path / "c")
-    for table in ("events", "users", "macro"):
+    for table in ("events", "users", "context"):
         a, b, c = (pq.read_table(tmp_path / d / f"{table}.parquet") for d in "abc")
         assert a.equals(b), table
         assert not a.equals(c), table

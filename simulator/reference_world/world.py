@@ -54,7 +54,7 @@ def generate_reference_world(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Write ``events.parquet``, ``users.parquet``, ``macro.parquet`` and ``world.json`` to ``out_dir``.
+    """Write ``events.parquet``, ``users.parquet``, ``context.parquet`` and ``world.json`` to ``out_dir``.
 
     ``progress`` is called with the number of user-days completed since its last call.
     Returns the manifest written to ``world.json``.
@@ -87,14 +87,14 @@ def generate_reference_world(
                 if writer is not None:
                     writer.close()
         pq.write_table(pa.table({"date": pa.array(cal.dates), "macro_index": pa.array(cal.macro_index)}),
-                       tmp / "macro.parquet")
+                       tmp / "context.parquet")
         seconds = time.perf_counter() - started
         manifest = {
             "generator": "twinsim reference-world",
             "config": {**asdict(config), "start": config.start.isoformat(), "chunk_users": CHUNK_USERS},
             "window": {"start": config.start.isoformat(),
                        "end_exclusive": str(cal.dates[-1] + np.timedelta64(1, "D"))},
-            "files": {"events": "events.parquet", "users": "users.parquet", "macro": "macro.parquet"},
+            "files": {"events": "events.parquet", "users": "users.parquet", "context": "context.parquet"},
             "counts": {"users": config.users, "events": int(counts.sum()),
                        "users_closed": int(counts[laws.EVENT_TYPES.index("account_closed")]),
                        "events_by_type": {t: int(c) for t, c in zip(laws.EVENT_TYPES, counts, strict=True)}},

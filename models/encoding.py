@@ -1,0 +1,257 @@
+"""Events -> per-user token sequences, and the schema that makes the mapping reversible.
+
+One token per event: event type, categorical marks, log inter-event time, amount (log, standardised
+per type), calendar of the absolute time (hour, weekday, day of month, month, days to month end) and the
+exogenous context of that day (e.g. a macro index). Static user attributes condition the sequence.
+The :class:`Schema` is saved with a model as JSON; :func:`encode` applies it to any log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from models import kernels
+from models.errors import TwinsimError
+from models.event_log import AMOUNT, EventLog
+
+NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
+MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
+CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days to month end
+SPLITS = ("train", "validation", "holdout")
+
+
+@dataclass
+class Schema:
+    """Vocabularies and normalisation learned from the training log."""
+
+    event_types: list[str]
+    terminal_types: list[str]
+    marks: dict[str, list[str]]
+    amount_types: list[str]
+    amount_log_mean: dict[str, float]
+    amount_log_std: dict[str, float]
+    categorical_attributes: dict[str, list[str]]
+    numeric_attributes: dict[str, tuple[float, float]]  # name -> (mean, std)
+    context_columns: list[str]
+    context_mean: list[float]
+    context_std: list[float]
+    window_start: str  # ISO UTC; the observation window [start, end)
+    window_end: str
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    version: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Schema:
+        data = dict(data)
+        data["numeric_attributes"] = {k: tuple(v) for k, v in data["numeric_attributes"].items()}
+        data["split_fractions"] = tuple(data["split_fractions"])
+        return cls(**data)
+
+    @property
+    def window_start_s(self) -> float:
+        return pd.Timestamp(self.window_start).timestamp()
+
+    @property
+    def window_end_s(self) -> float:
+        return pd.Timestamp(self.window_end).timestamp()
+
+    @property
+    def terminal_codes(self) -> list[int]:
+        return [self.event_types.index(t) for t in self.terminal_types]
+
+    @property
+    def amount_codes(self) -> list[int]:
+        return [self.event_types.index(t) for t in self.amount_types]
+
+
+@dataclass
+class EncodedLog:
+    """Flat per-event arrays (users contiguous, sorted by time) with ``offsets`` into them."""
+
+    user_ids: np.ndarray  # (users,) str
+    offsets: np.ndarray  # (users + 1,) int64
+    event_type: np.ndarray  # (events,) int64
+    marks: np.ndarray  # (events, marks) int64, 0 = none
+    time_s: np.ndarray  # (events,) float64 epoch seconds
+    log_gap: np.ndarray  # (events,) float32 log hours since the previous event (or the window start)
+    amount: np.ndarray  # (events,) float64 raw amount, NaN where none
+    amount_z: np.ndarray  # (events,) float32 standardised log1p(amount), 0 where none
+    calendar: np.ndarray  # (events, 5) int64
+    context: np.ndarray  # (events, context columns) float32, standardised
+    static_cat: np.ndarray  # (users, categorical attributes) int64
+    static_num: np.ndarray  # (users, numeric attributes) float32, standardised
+    window_end_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, mask: np.ndarray) -> EncodedLog:
+        """The users where ``mask`` is true (events stay contiguous)."""
+        users = np.flatnonzero(mask)
+        counts = self.lengths[users]
+        index = np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1]) for u in users]) if len(users) \
+            else np.empty(0, np.int64)
+        per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context")
+        return EncodedLog(
+            user_ids=self.user_ids[users],
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            **{name: getattr(self, name)[index] for name in per_event},
+            static_cat=self.static_cat[users],
+            static_num=self.static_num[users],
+            window_end_s=self.window_end_s,
+        )
+
+
+# ------------------------------------------------------------------------------------------- schema
+def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = None) -> Schema:
+    """Learn vocabularies, normalisation and the observation window from a validated log."""
+    ev = log.events
+    types = sorted(map(str, ev["event_type"].cat.categories[ev["event_type"].cat.codes.unique()]))
+    terminal = detect_terminal_types(ev) if terminal is None else terminal
+    unknown = [t for t in terminal if t not in types]
+    if unknown:
+        raise TwinsimError(f"--terminal names event type(s) {unknown} that do not occur; known types: {types}")
+    log_amounts = {t: np.log1p(np.abs(ev.loc[ev["event_type"] == t, AMOUNT].to_numpy())) for t in log.amount_types}
+    users = log.users
+    categorical, numeric = {}, {}
+    for name in log.attributes:
+        values = users[name]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            numeric[name] = (float(values.mean()), float(values.std() or 1.0))
+        else:
+            categorical[name] = [NONE, *sorted(map(str, values.dropna().unique()))]
+    context_columns, context_mean, context_std = [], [], []
+    if log.context is not None:
+        for column in log.context.columns.drop("date"):
+            context_columns.append(column)
+            context_mean.append(float(log.context[column].mean()))
+            context_std.append(float(log.context[column].std() or 1.0))
+    start = ev["timestamp"].min().floor("D")
+    end = ev["timestamp"].max().floor("D") + pd.Timedelta(days=1)
+    return Schema(
+        event_types=types,
+        terminal_types=sorted(terminal),
+        marks={m: [NONE, *sorted(map(str, ev[m].dropna().unique()))] for m in log.marks},
+        amount_types=list(log.amount_types),
+        amount_log_mean={t: float(a.mean()) for t, a in log_amounts.items()},
+        amount_log_std={t: float(a.std() or 1.0) for t, a in log_amounts.items()},
+        categorical_attributes=categorical,
+        numeric_attributes=numeric,
+        context_columns=context_columns,
+        context_mean=context_mean,
+        context_std=context_std,
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        split_seed=split_seed,
+    )
+
+
+def detect_terminal_types(events: pd.DataFrame, min_count: int = 5) -> list[str]:
+    """Event types that occur at least ``min_count`` times and are always their user's last event."""
+    last = ~events["user_id"].duplicated(keep="last")
+    counts = events.groupby("event_type", observed=True).size()
+    always_last = events.groupby("event_type", observed=True)["user_id"].size() == \
+        events[last].groupby("event_type", observed=True).size().reindex(counts.index, fill_value=0)
+    return sorted(str(t) for t in counts.index if always_last[t] and counts[t] >= min_count)
+
+
+def split_of(user_ids: np.ndarray, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """Deterministic per-user split (0 train, 1 validation, 2 holdout) from a hash of (seed, user id)."""
+    u = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{uid}".encode(), digest_size=8).digest(), "little")
+                  for uid in user_ids], dtype=np.float64) / 2.0**64
+    edges = np.cumsum(fractions)[:-1]
+    return np.searchsorted(edges, u, side="right")
+
+
+# ------------------------------------------------------------------------------------------- encode
+def encode(log: EventLog, schema: Schema) -> EncodedLog:
+    """Apply ``schema`` to a validated log. Unknown categories map to ``<none>``."""
+    ev = log.events
+    user_codes, user_ids = pd.factorize(ev["user_id"], sort=False)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(user_codes, minlength=len(user_ids)))]).astype(np.int64)
+    type_index = {t: i for i, t in enumerate(schema.event_types)}
+    unknown = sorted(set(map(str, ev["event_type"].unique())) - set(type_index))
+    if unknown:
+        raise TwinsimError(f"event type(s) {unknown} are not in the model's vocabulary {schema.event_types}; "
+                           "retrain on data that has them, or drop those events")
+    event_type = _codes(ev["event_type"], schema.event_types)
+    marks = np.zeros((len(ev), len(schema.marks)), dtype=np.int64)
+    for j, (name, vocab) in enumerate(schema.marks.items()):
+        if name in ev:
+            marks[:, j] = _codes(ev[name], vocab)
+    time_s = ev["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+    time_s = time_s.astype(np.int64) / 1e6
+    previous = np.empty_like(time_s)
+    previous[1:] = time_s[:-1]
+    previous[offsets[:-1]] = schema.window_start_s  # a user's first gap runs from the window start
+    gap_h = np.maximum((time_s - previous) / 3600.0, MIN_GAP_HOURS)
+    amount = ev[AMOUNT].to_numpy(dtype=np.float64) if AMOUNT in ev else np.full(len(ev), np.nan)
+    amount_z = np.zeros(len(ev), dtype=np.float32)
+    for t in schema.amount_types:
+        rows = (event_type == type_index[t]) & ~np.isnan(amount)
+        amount_z[rows] = (np.log1p(np.abs(amount[rows])) - schema.amount_log_mean[t]) / schema.amount_log_std[t]
+    users = _user_rows(log, user_ids)
+    static_cat = np.stack([_codes(users[n], v) for n, v in schema.categorical_attributes.items()], axis=1) \
+        if schema.categorical_attributes else np.zeros((len(user_ids), 0), np.int64)
+    static_num = np.stack([((users[n].astype(float) - m) / s).fillna(0.0).to_numpy(np.float32)
+                           for n, (m, s) in schema.numeric_attributes.items()], axis=1) \
+        if schema.numeric_attributes else np.zeros((len(user_ids), 0), np.float32)
+    return EncodedLog(
+        user_ids=np.asarray(user_ids, dtype=object),
+        offsets=offsets,
+        event_type=event_type,
+        marks=marks,
+        time_s=time_s,
+        log_gap=np.log(gap_h).astype(np.float32),
+        amount=amount,
+        amount_z=amount_z,
+        calendar=kernels.calendar(time_s),
+        context=context_at(time_s, log.context, schema),
+        static_cat=static_cat,
+        static_num=static_num,
+        window_end_s=schema.window_end_s,
+    )
+
+
+def _codes(values: pd.Series, vocab: list[str]) -> np.ndarray:
+    """Vocabulary index of each value (0 for missing or unknown), computed once per distinct value."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    index = {v: i for i, v in enumerate(vocab)}
+    lookup = np.array([index.get(str(u), 0) for u in uniques] + [0], dtype=np.int64)
+    return lookup[codes]
+
+
+def _user_rows(log: EventLog, user_ids) -> pd.DataFrame:
+    if log.users is None:
+        return pd.DataFrame(index=pd.Index(user_ids, name="user_id"))
+    return log.users.set_index("user_id").reindex(pd.Index(user_ids, name="user_id"))
+
+
+def context_at(time_s: np.ndarray, context: pd.DataFrame | None, schema: Schema) -> np.ndarray:
+    """Standardised context of each time's UTC day; days the table does not cover get the mean (0)."""
+    out = np.zeros((len(time_s), len(schema.context_columns)), dtype=np.float32)
+    if context is None or not schema.context_columns:
+        return out
+    days = np.floor(time_s / 86400).astype(np.int64)
+    table_days = context["date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    pos = np.clip(np.searchsorted(table_days, days), 0, len(table_days) - 1)
+    hit = table_days[pos] == days
+    for j, (name, mean, std) in enumerate(zip(schema.context_columns, schema.context_mean, schema.context_std,
+                                              strict=True)):
+        if name in context:
+            out[hit, j] = (context[name].to_numpy()[pos[hit]] - mean) / std
+    return out

@@ -1,0 +1,137 @@
+"""Numba kernels for the hot loops of encoding and sampling.
+
+* ``calendar``: hour, weekday, day of month, month and days to month end from epoch seconds.
+* ``uniforms``: counter-based random numbers keyed by (seed, user, step, purpose), so that a user's draws
+  do not depend on which other users share the batch (common random numbers across scenarios).
+* ``sample_categorical`` / ``sample_lognormal_mixture`` / ``sample_normal_mixture``: inverse-CDF draws.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@nb.njit(cache=True)
+def _splitmix64(x):
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    z = x
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True)
+def uniforms(seed, users, steps, purpose, n):
+    """(len(users), n) uniforms in (0, 1), a pure function of (seed, user, step, purpose, column)."""
+    out = np.empty((users.shape[0], n))
+    base = _splitmix64(np.uint64(seed) ^ (np.uint64(purpose) << np.uint64(56)))
+    for i in range(users.shape[0]):
+        key = _splitmix64(base ^ np.uint64(users[i]))
+        key = _splitmix64(key ^ np.uint64(steps[i]))
+        for j in range(n):
+            z = _splitmix64(key + np.uint64(j))
+            out[i, j] = ((z >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+    return out
+
+
+@nb.njit(cache=True)
+def calendar(epoch_seconds):
+    """(n, 5) int array: hour 0-23, weekday 0-6 (Monday 0), day of month 1-31, month 1-12 and days to
+    the end of the month (0 on its last day), for UTC epoch seconds."""
+    n = epoch_seconds.shape[0]
+    out = np.empty((n, 5), dtype=np.int64)
+    for i in range(n):
+        s = int(math.floor(epoch_seconds[i]))
+        days = s // 86400
+        out[i, 0] = (s - days * 86400) // 3600
+        out[i, 1] = (days + 3) % 7
+        # civil_from_days (H. Hinnant), proleptic Gregorian
+        z = days + 719468
+        era = (z if z >= 0 else z - 146096) // 146097
+        doe = z - era * 146097
+        yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+        y = yoe + era * 400
+        doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+        mp = (5 * doy + 2) // 153
+        d = doy - (153 * mp + 2) // 5 + 1
+        m = mp + 3 if mp < 10 else mp - 9
+        if m <= 2:
+            y += 1
+        leap = (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
+        length = 31
+        if m == 2:
+            length = 29 if leap else 28
+        elif m == 4 or m == 6 or m == 9 or m == 11:
+            length = 30
+        out[i, 2] = d
+        out[i, 3] = m
+        out[i, 4] = length - d
+    return out
+
+
+@nb.njit(cache=True)
+def sample_categorical(probs, u):
+    """One index per row of ``probs`` (rows sum to 1) by inverting the CDF at ``u``."""
+    out = np.empty(probs.shape[0], dtype=np.int64)
+    for i in range(probs.shape[0]):
+        acc = 0.0
+        k = probs.shape[1] - 1
+        for j in range(probs.shape[1]):
+            acc += probs[i, j]
+            if u[i] < acc:
+                k = j
+                break
+        out[i] = k
+    return out
+
+
+@nb.njit(cache=True)
+def _normal_ppf(p):
+    # Acklam's rational approximation, relative error < 1.2e-9: fine for sampling.
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+         -3.066479806614716e01, 2.506628277459239e00)
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+         -1.328068155288572e01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+         4.374664141464968e00, 2.938163982698783e00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    if p < 0.02425:
+        q = math.sqrt(-2 * math.log(p))
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    if p > 1 - 0.02425:
+        q = math.sqrt(-2 * math.log(1 - p))
+        return -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    q = p - 0.5
+    r = q * q
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
+        ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+@nb.njit(cache=True)
+def sample_normal_mixture(weights, means, log_scales, u_component, u_value):
+    """One draw per row from a Gaussian mixture (weights sum to 1 per row)."""
+    n, k = weights.shape
+    out = np.empty(n)
+    for i in range(n):
+        acc = 0.0
+        c = k - 1
+        for j in range(k):
+            acc += weights[i, j]
+            if u_component[i] < acc:
+                c = j
+                break
+        out[i] = means[i, c] + math.exp(log_scales[i, c]) * _normal_ppf(u_value[i])
+    return out
+
+
+@nb.njit(cache=True)
+def sample_lognormal_mixture(weights, log_means, log_scales, u_component, u_value):
+    """One positive draw per row from a log-normal mixture."""
+    return np.exp(sample_normal_mixture(weights, log_means, log_scales, u_component, u_value))
