@@ -1,0 +1,216 @@
+"""Training: a plain loop over shuffled windows with validation, early stopping and resumable checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.artifacts import check_output_dir
+from models.baseline import MarkovBaseline
+from models.encoding import SPLITS, EncodedLog, Schema, encode, fit_schema, split_of
+from models.errors import TwinsimError
+from models.event_log import EventLog
+from models.model_dir import save_atomic, write_json_atomic, write_manifest
+from models.transformer import EventTransformer, ModelConfig
+from models.windows import collate, make_windows, user_ended
+
+PARTS = ("time", "type", "marks", "amount")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 64  # windows per step
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    patience: int = 2  # epochs without validation improvement before stopping
+    seed: int = 0
+    max_train_users: int | None = None  # subsample the training split (quick runs)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise TwinsimError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise TwinsimError(f"--lr must be positive (got {self.lr}); e.g. --lr 0.003")
+
+
+def model_config_for(schema: Schema, **overrides) -> ModelConfig:
+    cfg = ModelConfig(n_types=len(schema.event_types), mark_sizes=[len(v) for v in schema.marks.values()],
+                      attribute_sizes=[len(v) for v in schema.categorical_attributes.values()],
+                      n_numeric=len(schema.numeric_attributes), n_context=len(schema.context_columns), **overrides)
+    if cfg.d_model % cfg.n_heads:
+        raise TwinsimError(f"--d-model ({cfg.d_model}) must be a multiple of --heads ({cfg.n_heads})")
+    if cfg.window < 4 or cfg.window % 2:
+        raise TwinsimError(f"--window must be an even number of at least 4 events (got {cfg.window})")
+    return cfg
+
+
+def per_event(parts: dict[str, float]) -> dict[str, float]:
+    """Summed NLL parts -> nats per event, with their total."""
+    n = max(1, parts["events"])
+    out = {k: parts[k] / n for k in PARTS}
+    return {"total": sum(out.values()), **out}
+
+
+@torch.no_grad()
+def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256) -> dict[str, float]:
+    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring)."""
+    model.eval()
+    win = make_windows(log, model.cfg.window)
+    ended = user_ended(log, schema.terminal_codes)
+    sums = dict.fromkeys((*PARTS, "events"), 0.0)
+    for i in range(0, len(win.user), batch_size):
+        batch = collate(log, win, np.arange(i, min(i + batch_size, len(win.user))), model.cfg.window, ended,
+                        model.bos, schema.window_start_s)
+        for k, v in model.nll(batch).items():
+            sums[k] += float(v)
+    return per_event(sums)
+
+
+def split_log(encoded: EncodedLog, schema: Schema) -> dict[str, EncodedLog]:
+    split = split_of(encoded.user_ids, schema.split_seed, schema.split_fractions)
+    return {name: encoded.subset(split == i) for i, name in enumerate(SPLITS)}
+
+
+def attribute_table(log: EventLog, users: np.ndarray) -> tuple[pd.DataFrame, dict[str, list[float]]]:
+    """Joint counts of static attributes over ``users``; numeric attributes binned at deciles."""
+    if log.users is None or not log.attributes:
+        return pd.DataFrame({"count": [len(users)]}), {}
+    rows = log.users.set_index("user_id").loc[list(users)]
+    table, edges = pd.DataFrame(index=rows.index), {}
+    for name in log.attributes:
+        values = rows[name]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            cut = np.unique(np.quantile(values.dropna(), np.linspace(0, 1, 11)))
+            edges[name] = [float(x) for x in cut]
+            table[name] = np.clip(np.searchsorted(cut, values, side="right") - 1, 0, max(0, len(cut) - 2))
+        else:
+            table[name] = values.astype("str")
+    counts = table.value_counts(dropna=False).rename("count").reset_index()
+    return counts, edges
+
+
+def train(
+    log: EventLog,
+    out_dir: str | Path,
+    *,
+    model_overrides: dict | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    terminal: list[str] | None = None,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> dict:
+    """Fit the EventTransformer (and the baseline) on ``log``; write the model directory; return metrics."""
+    config = config or TrainConfig()
+    config.validate()
+    out = Path(out_dir)
+    emit = on_event or (lambda kind, info: None)
+    checkpoint = out / "checkpoint.pt"
+    if resume and not checkpoint.exists():
+        raise TwinsimError(f"--resume: {checkpoint} does not exist; start without --resume")
+    if not resume:
+        check_output_dir(out, overwrite)
+    torch.manual_seed(config.seed)
+    schema = fit_schema(log, split_seed=config.seed, terminal=terminal)
+    splits = split_log(encode(log, schema), schema)
+    train_log = splits["train"]
+    if config.max_train_users and train_log.n_users > config.max_train_users:
+        pick = np.random.default_rng(config.seed).choice(train_log.n_users, config.max_train_users, replace=False)
+        mask = np.zeros(train_log.n_users, bool)
+        mask[pick] = True
+        train_log = train_log.subset(mask)
+    model_cfg = model_config_for(schema, **(model_overrides or {}))
+    model = EventTransformer(model_cfg)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    win = make_windows(train_log, model_cfg.window)
+    ended = user_ended(train_log, schema.terminal_codes)
+    steps_per_epoch = math.ceil(len(win.user) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
+        1 + math.cos(math.pi * min(s, total_steps) / total_steps)) + 0.02)
+    history, start_epoch, best, stale = [], 0, math.inf, 0
+    if resume:
+        state = torch.load(checkpoint, weights_only=True)
+        if state["schema"] != schema.to_json() or state["model_config"] != model_cfg.to_json() \
+                or state["train_config"] != asdict(config):
+            raise TwinsimError(f"--resume: {checkpoint} was made with other data or options; run with the "
+                               "same data and options, or start again with --overwrite")
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        history, start_epoch, best, stale = state["history"], state["epoch"] + 1, state["best"], state["stale"]
+        emit("resumed", {"epoch": start_epoch})
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        split = split_of(log.events["user_id"].unique(), schema.split_seed, schema.split_fractions)
+        pd.DataFrame({"user_id": log.events["user_id"].unique(), "split": np.array(SPLITS)[split]}) \
+            .to_parquet(out / "split.parquet", index=False)
+        table, edges = attribute_table(log, train_log.user_ids)
+        table.to_parquet(out / "attributes.parquet", index=False)
+        write_json_atomic({"numeric_bin_edges": edges}, out / "attributes.json")
+        if log.context is not None:
+            log.context.to_parquet(out / "context.parquet", index=False)
+    baseline = MarkovBaseline().fit(train_log, schema)
+    emit("start", {"train_users": train_log.n_users, "validation_users": splits["validation"].n_users,
+                   "holdout_users": splits["holdout"].n_users, "windows": len(win.user),
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "terminal_types": schema.terminal_types})
+    for epoch in range(start_epoch, config.epochs):
+        if stale >= config.patience:
+            break
+        started = time.perf_counter()
+        model.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(win.user))
+        emit("epoch_start", {"epoch": epoch, "batches": steps_per_epoch})
+        seen = dict.fromkeys((*PARTS, "events"), 0.0)
+        for i in range(0, len(order), config.batch_size):
+            batch = collate(train_log, win, order[i:i + config.batch_size], model_cfg.window, ended, model.bos,
+                            schema.window_start_s)
+            parts = model.nll(batch)
+            loss = sum(parts[k] for k in PARTS) / parts["events"].clamp(min=1)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            schedule.step()
+            for k in seen:
+                seen[k] += float(parts[k].detach())
+            emit("batch", {"loss": float(loss)})
+        validation = evaluate(model, splits["validation"], schema)
+        record = {"epoch": epoch, "train": per_event(seen), "validation": validation,
+                  "seconds": round(time.perf_counter() - started, 1)}
+        history.append(record)
+        if validation["total"] < best - 1e-4:
+            best, stale = validation["total"], 0
+            save_atomic(model.state_dict(), out / "best.pt")
+        else:
+            stale += 1
+        save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                     "schedule": schedule.state_dict(), "epoch": epoch, "history": history, "best": best,
+                     "stale": stale, "schema": schema.to_json(), "model_config": model_cfg.to_json(),
+                     "train_config": asdict(config)}, checkpoint)
+        write_json_atomic({"history": history}, out / "history.json")
+        emit("epoch_end", record)
+    model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
+    metrics = {
+        "holdout_nll_per_event": {"transformer": evaluate(model, splits["holdout"], schema),
+                                  "baseline": per_event(baseline.nll(splits["holdout"], schema))},
+        "validation_nll_per_event": {"transformer": evaluate(model, splits["validation"], schema),
+                                     "baseline": per_event(baseline.nll(splits["validation"], schema))},
+        "users": {name: splits[name].n_users for name in SPLITS} | {"train_used": train_log.n_users},
+        "events": {name: int(len(splits[name].event_type)) for name in SPLITS},
+        "epochs_run": len(history),
+    }
+    write_manifest(out, model, schema, {"train_config": asdict(config), "metrics": metrics, "history": history,
+                                        "data": [str(p) for p in log.event_files]})
+    emit("done", metrics)
+    return metrics

@@ -1,0 +1,100 @@
+"""Training windows over encoded sequences, and their collation into tensors.
+
+A user's events are cut into windows of ``W`` events that start every ``W / 2`` events. Token 0 of every
+window is a BOS token carrying the user's static attributes; token ``p`` predicts event ``s + p``. Window
+0 is responsible for events ``0 .. W`` and window ``k >= 1`` for events ``(k + 1) W/2 + 1 .. (k + 2) W/2``,
+so each event is predicted exactly once, always with at least ``W / 2`` events of context (or all there
+are). After a user's last event comes either a terminal event (nothing more) or *censoring* at the
+window end, a target of its own that enters the likelihood as a survival term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models import kernels
+from models.encoding import EncodedLog
+
+NONE, EVENT, CENSOR = 0, 1, 2
+
+
+@dataclass
+class Windows:
+    user: np.ndarray  # (windows,) user index into the encoded log
+    start: np.ndarray  # (windows,) first event of the window, relative to the user
+    first_target: np.ndarray  # (windows,) first relative event index this window is responsible for
+
+
+def make_windows(log: EncodedLog, window: int) -> Windows:
+    half = window // 2
+    n = log.lengths
+    count = np.maximum(1, -(-n // half) - 1)  # windows k = 0 .. max(0, ceil(n / H) - 2)
+    user = np.repeat(np.arange(log.n_users), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    start = k * half
+    first_target = np.where(k == 0, 0, start + half + 1)
+    return Windows(user=user, start=start, first_target=first_target)
+
+
+def user_ended(log: EncodedLog, terminal_codes: list[int]) -> np.ndarray:
+    """Whether each user's last event is terminal (then there is no censoring term)."""
+    return np.isin(log.event_type[log.offsets[1:] - 1], terminal_codes)
+
+
+def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended: np.ndarray,
+            bos_type: int, bos_time_s: float) -> dict[str, torch.Tensor]:
+    """Tensors for windows ``rows``: tokens (B, W + 1) and the targets each token predicts."""
+    users = win.user[rows]
+    start, first_target = win.start[rows], win.first_target[rows]
+    n = log.lengths[users]
+    base = log.offsets[users]
+    rel = start[:, None] + np.arange(window)[None, :]  # relative event index of tokens 1..W
+    has_token = rel < n[:, None]
+    event = np.where(has_token, base[:, None] + rel, 0)
+
+    def tokens(values, fill):
+        body = np.where(has_token.reshape(has_token.shape + (1,) * (values.ndim - 1)), values[event], fill)
+        return np.concatenate([np.broadcast_to(fill, (len(rows), 1) + values.shape[1:]), body], axis=1)
+
+    tok_calendar = tokens(log.calendar, 0)
+    tok_calendar[:, 0] = kernels.calendar(np.array([bos_time_s]))[0]
+    tok_time = tokens(log.time_s, bos_time_s)
+
+    # Targets: token p predicts relative event j = start + p (p = 0 .. W).
+    j = start[:, None] + np.arange(window + 1)[None, :]
+    responsible = j >= first_target[:, None]
+    is_event = responsible & (j < n[:, None])
+    is_censor = responsible & (j == n[:, None]) & ~ended[users][:, None]
+    target = np.where(is_event, base[:, None] + j, 0)
+    last_time = log.time_s[base + n - 1]
+    censor_gap_h = np.maximum((log.window_end_s - last_time) / 3600.0, 1.0 / 3600.0)
+    kind = np.where(is_event, EVENT, np.where(is_censor, CENSOR, NONE))
+    target_log_gap = np.where(is_event, log.log_gap[target], np.log(censor_gap_h)[:, None])
+
+    def t(x, dtype=None):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(dtype) if dtype else torch.from_numpy(
+            np.ascontiguousarray(x))
+
+    return {
+        "type": t(np.concatenate([np.full((len(rows), 1), bos_type), np.where(has_token, log.event_type[event],
+                                                                                bos_type)], axis=1), torch.long),
+        "marks": t(tokens(log.marks, 0), torch.long),
+        "calendar": t(tok_calendar, torch.long),
+        "cont": t(np.concatenate([tokens(log.log_gap, 0.0)[..., None], tokens(log.amount_z, 0.0)[..., None],
+                                  tokens(log.context, 0.0)], axis=2), torch.float32),
+        "time_days": t((tok_time - bos_time_s) / 86400.0, torch.float32),
+        "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
+        "static_cat": t(log.static_cat[users], torch.long),
+        "static_num": t(log.static_num[users], torch.float32),
+        "target_kind": t(kind, torch.long),
+        "target_log_gap": t(target_log_gap, torch.float32),
+        "target_type": t(log.event_type[target], torch.long),
+        "target_marks": t(log.marks[target], torch.long),
+        "target_amount_z": t(log.amount_z[target], torch.float32),
+        "target_has_amount": t(is_event & ~np.isnan(log.amount[target])),
+        "target_calendar": t(log.calendar[target], torch.long),
+        "target_context": t(log.context[target], torch.float32),
+    }
