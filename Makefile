@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/twinsim reference-world --users 5000 --days 365 --seed 7 -o $(DEMO_DIR)/world --overwrite
 	$(BIN)/twinsim inspect $(DEMO_DIR)/world
+	$(BIN)/twinsim train $(DEMO_DIR)/world -o $(DEMO_DIR)/model --overwrite
+	$(BIN)/twinsim generate $(DEMO_DIR)/model -n 2000 --start 2025-01-01 --days 365 --seed 1 -o $(DEMO_DIR)/synthetic --overwrite
+	$(BIN)/twinsim inspect $(DEMO_DIR)/synthetic
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -27,6 +30,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/reference_world_throughput.py
+	$(BIN)/python benchmarks/model_fidelity.py --world runs/bench/world --model runs/bench/model
+	$(BIN)/python benchmarks/generation_throughput.py runs/bench/model --users 100000 --days 90 --profile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

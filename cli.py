@@ -114,5 +114,133 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Model directory to write.")
+@click.option("--users", "users", type=click.Path(path_type=Path), default=None,
+              help="Users table, if DATA is not a dataset directory that has one.")
+@click.option("--epochs", default=4, show_default=True, help="Maximum passes over the training users.")
+@click.option("--batch-size", default=64, show_default=True, help="Windows per optimisation step.")
+@click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
+@click.option("--patience", default=2, show_default=True, help="Stop after this many epochs without improvement.")
+@click.option("--d-model", default=64, show_default=True, help="Width of the transformer.")
+@click.option("--layers", default=2, show_default=True, help="Transformer blocks.")
+@click.option("--heads", default=4, show_default=True, help="Attention heads (one always has long memory).")
+@click.option("--window", default=64, show_default=True, help="Events of context the model sees.")
+@click.option("--max-train-users", type=int, default=None, help="Train on a random subset of the training users.")
+@click.option("--terminal", multiple=True,
+              help="Terminal event type(s); default: detected (always a user's last event).")
+@click.option("--seed", default=0, show_default=True, help="Seed for the user split, initialisation and shuffling.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size: int, lr: float, patience: int,
+          d_model: int, layers: int, heads: int, window: int, max_train_users: int | None, terminal: tuple[str, ...],
+          seed: int, resume: bool, overwrite: bool, quiet: bool) -> None:
+    """Train the event-sequence transformer (and the Markov baseline) on an event log.
+
+    Users are split by a hash of their id into train / validation / holdout (80/10/10); the split is
+    saved with the model. Each epoch prints the held-out NLL per event (time, type, marks, amount).
+
+    \b
+    Example:
+      twinsim train runs/world -o runs/model --epochs 4
+    """
+    from models.event_log import load_event_log
+    from models.training import TrainConfig
+    from models.training import train as fit
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+                         max_train_users=max_train_users)
+    config.validate()
+    log = load_event_log(data, users)
+    for note in log.notes:
+        click.secho(f"warning: {note}", fg="yellow", err=True)
+    bar = None
+
+    def on_event(kind: str, info: dict) -> None:
+        nonlocal bar
+        if kind == "start":
+            click.echo(f"training on {info['train_users']:,} users ({info['windows']:,} windows), validating on "
+                       f"{info['validation_users']:,}, holdout {info['holdout_users']:,}; "
+                       f"{info['parameters']:,} parameters; terminal: {', '.join(info['terminal_types']) or 'none'}",
+                       err=True)
+        elif kind == "epoch_start":
+            bar = click.progressbar(length=info["batches"], label=f"epoch {info['epoch'] + 1}", file=sys.stderr,
+                                    hidden=quiet)
+            bar.__enter__()
+        elif kind == "batch" and bar is not None:
+            bar.update(1)
+        elif kind == "epoch_end":
+            if bar is not None:
+                bar.__exit__(None, None, None)
+            v = info["validation"]
+            click.echo(f"epoch {info['epoch'] + 1}: validation NLL/event {v['total']:.3f} (time {v['time']:.3f}, "
+                       f"type {v['type']:.3f}, marks {v['marks']:.3f}, amount {v['amount']:.3f}) "
+                       f"in {info['seconds']:.0f} s", err=True)
+        elif kind == "resumed":
+            click.echo(f"resuming at epoch {info['epoch'] + 1}", err=True)
+
+    metrics = fit(log, output, model_overrides={"d_model": d_model, "n_layers": layers, "n_heads": heads,
+                                                 "window": window},
+                  config=config, resume=resume, overwrite=overwrite, terminal=list(terminal) or None,
+                  on_event=on_event)
+    t, b = metrics["holdout_nll_per_event"]["transformer"], metrics["holdout_nll_per_event"]["baseline"]
+    click.echo(f"holdout NLL per event: transformer {t['total']:.3f}, baseline {b['total']:.3f} "
+               f"(time {t['time']:.3f} vs {b['time']:.3f}, type {t['type']:.3f} vs {b['type']:.3f}, "
+               f"marks {t['marks']:.3f} vs {b['marks']:.3f}, amount {t['amount']:.3f} vs {b['amount']:.3f})")
+    click.echo(f"model written to {output}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("-n", "--users", default=1_000, show_default=True, help="Number of new customers.")
+@click.option("--start", default="2025-01-01", show_default=True, callback=_parse_date,
+              help="First day to simulate (YYYY-MM-DD, UTC).")
+@click.option("--days", default=365, show_default=True, help="Days to simulate.")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same output.")
+@click.option("--where", multiple=True, help="Condition static attributes, e.g. --where segment=student,retiree.")
+@click.option("--batch-size", default=4096, show_default=True, help="Users sampled side by side.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Directory for users.parquet, events.parquet and generate.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate(model_dir: Path, users: int, start: date, days: int, seed: int, where: tuple[str, ...],
+             batch_size: int, output: Path, overwrite: bool, quiet: bool) -> None:
+    """Generate new synthetic customers and their events from a trained model.
+
+    Output follows the event-log contract, so it can be fed back into inspect and train.
+
+    \b
+    Example:
+      twinsim generate runs/model -n 5000 --start 2025-01-01 --days 365 -o runs/synthetic
+    """
+    import pandas as pd
+
+    from models.artifacts import atomic_output_dir, check_output_dir, write_json
+    from models.generate import GenerateConfig, parse_where
+    from models.generate import generate as sample
+
+    config = GenerateConfig(users=users, start=pd.Timestamp(start), days=days, seed=seed, where=parse_where(where),
+                            batch_size=batch_size)
+    config.validate()
+    check_output_dir(output, overwrite)
+    with click.progressbar(length=users, label="users", file=sys.stderr, hidden=quiet) as bar:
+        last = [0]
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(done - last[0])
+            last[0] = done
+
+        frame_users, events, summary = sample(model_dir, config, on_progress)
+    with atomic_output_dir(output, overwrite) as tmp:
+        frame_users.to_parquet(tmp / "users.parquet", index=False)
+        events.to_parquet(tmp / "events.parquet", index=False)
+        write_json(tmp / "generate.json", summary)
+    click.echo(f"wrote {summary['events']:,} events of {users:,} synthetic users to {output} "
+               f"({summary['events_per_second']:,.0f} events/s)")
+
+
 if __name__ == "__main__":
     main()

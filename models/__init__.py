@@ -2,5 +2,6 @@
 
 from models.errors import DataContractError, TwinsimError
 from models.event_log import EventLog, load_event_log
+from models.twin import TwinModel
 
-__all__ = ["DataContractError", "EventLog", "TwinsimError", "load_event_log"]
+__all__ = ["DataContractError", "EventLog", "TwinModel", "TwinsimError", "load_event_log"]

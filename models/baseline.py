@@ -72,8 +72,8 @@ class MarkovBaseline:
                                  minlength=self.n_groups * self.n_types * size).reshape(-1, size) + SMOOTHING
             self.marks.append(counts / counts.sum(axis=1, keepdims=True))
         has = ~np.isnan(log.amount)
-        self.amount_mean, self.amount_std = _gaussian_table((g * self.n_types + nxt)[has],
-                                                            log.amount_z[has].astype(float), self.n_groups * self.n_types)
+        self.amount_mean, self.amount_std = _gaussian_table(
+            (g * self.n_types + nxt)[has], log.amount_z[has].astype(float), self.n_groups * self.n_types)
         self.terminal = schema.terminal_codes
         return self
 

@@ -80,22 +80,24 @@ def split_log(encoded: EncodedLog, schema: Schema) -> dict[str, EncodedLog]:
     return {name: encoded.subset(split == i) for i, name in enumerate(SPLITS)}
 
 
-def attribute_table(log: EventLog, users: np.ndarray) -> tuple[pd.DataFrame, dict[str, list[float]]]:
+def attribute_table(log: EventLog, users: np.ndarray) -> tuple[pd.DataFrame, dict]:
     """Joint counts of static attributes over ``users``; numeric attributes binned at deciles."""
     if log.users is None or not log.attributes:
-        return pd.DataFrame({"count": [len(users)]}), {}
+        return pd.DataFrame({"count": [len(users)]}), {"numeric_bin_edges": {}, "numeric_integer": []}
     rows = log.users.set_index("user_id").loc[list(users)]
-    table, edges = pd.DataFrame(index=rows.index), {}
+    table, edges, integer = pd.DataFrame(index=rows.index), {}, []
     for name in log.attributes:
         values = rows[name]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             cut = np.unique(np.quantile(values.dropna(), np.linspace(0, 1, 11)))
             edges[name] = [float(x) for x in cut]
+            if pd.api.types.is_integer_dtype(values):
+                integer.append(name)
             table[name] = np.clip(np.searchsorted(cut, values, side="right") - 1, 0, max(0, len(cut) - 2))
         else:
             table[name] = values.astype("str")
     counts = table.value_counts(dropna=False).rename("count").reset_index()
-    return counts, edges
+    return counts, {"numeric_bin_edges": edges, "numeric_integer": integer}
 
 
 def train(
@@ -154,9 +156,9 @@ def train(
         split = split_of(log.events["user_id"].unique(), schema.split_seed, schema.split_fractions)
         pd.DataFrame({"user_id": log.events["user_id"].unique(), "split": np.array(SPLITS)[split]}) \
             .to_parquet(out / "split.parquet", index=False)
-        table, edges = attribute_table(log, train_log.user_ids)
+        table, meta = attribute_table(log, train_log.user_ids)
         table.to_parquet(out / "attributes.parquet", index=False)
-        write_json_atomic({"numeric_bin_edges": edges}, out / "attributes.json")
+        write_json_atomic(meta, out / "attributes.json")
         if log.context is not None:
             log.context.to_parquet(out / "context.parquet", index=False)
     baseline = MarkovBaseline().fit(train_log, schema)
@@ -184,7 +186,7 @@ def train(
             schedule.step()
             for k in seen:
                 seen[k] += float(parts[k].detach())
-            emit("batch", {"loss": float(loss)})
+            emit("batch", {"loss": loss.item()})
         validation = evaluate(model, splits["validation"], schema)
         record = {"epoch": epoch, "train": per_event(seen), "validation": validation,
                   "seconds": round(time.perf_counter() - started, 1)}

@@ -21,7 +21,7 @@ def run():
     return invoke
 
 
-@pytest.mark.parametrize("command", [[], ["reference-world"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["reference-world"], ["inspect"], ["train"], ["generate"]])
 def test_every_command_has_help_with_an_example(run, command):
     result = run(*command, "--help")
     assert result.exit_code == 0
@@ -95,3 +95,24 @@ def test_inspect_prints_warnings_for_dropped_duplicates(run, tmp_path):
     pd.DataFrame([row, row]).to_csv(path, index=False)
     result = run("inspect", path)
     assert result.exit_code == 0 and "warning: dropped 1 duplicated event row(s) of 2" in result.output
+
+
+def test_train_then_generate_then_inspect_the_synthetic_data(run, tmp_path):
+    world, model, synthetic = tmp_path / "w", tmp_path / "m", tmp_path / "s"
+    assert run("reference-world", "--users", 80, "--days", 40, "-o", world, "--quiet").exit_code == 0
+    trained = run("train", world, "-o", model, "--epochs", 1, "--d-model", 16, "--layers", 1, "--heads", 2,
+                  "--window", 8, "--quiet")
+    assert trained.exit_code == 0, trained.output
+    assert "holdout NLL per event: transformer" in trained.output and (model / "model.json").exists()
+    made = run("generate", model, "-n", 20, "--days", 10, "--start", "2025-02-01", "-o", synthetic, "--quiet")
+    assert made.exit_code == 0, made.output
+    assert {p.name for p in synthetic.iterdir()} == {"users.parquet", "events.parquet", "generate.json"}
+    summary = json.loads(run("inspect", synthetic, "--json").output)
+    assert summary["users_in_table"] == 20
+    assert summary["date_range"]["first"] >= "2025-02-01"
+
+
+def test_generate_refuses_a_directory_that_is_not_a_model(run, tmp_path):
+    result = run("generate", tmp_path, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "not a twinsim model directory" in result.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,188 @@
+"""The event-sequence model: encoding, likelihood bookkeeping, training, model directory, generation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import TwinModel
+from models.encoding import encode, fit_schema, split_of
+from models.errors import TwinsimError
+from models.event_log import load_event_log
+from models.generate import GenerateConfig, generate
+from models.model_dir import load_model
+from models.training import TrainConfig, train
+from models.windows import CENSOR, EVENT, collate, make_windows, user_ended
+from simulator.reference_world import WorldConfig, generate_reference_world
+
+TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "window": 16, "mixture": 4}
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "world"
+    generate_reference_world(WorldConfig(users=400, days=120, seed=3), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_log(small_world):
+    return load_event_log(small_world)
+
+
+@pytest.fixture(scope="session")
+def model_dir(small_log, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "m"
+    train(small_log, out, model_overrides=TINY, config=TrainConfig(epochs=3, batch_size=32, seed=1))
+    return out
+
+
+def test_every_event_is_predicted_exactly_once_and_open_users_are_censored_once(small_log):
+    schema = fit_schema(small_log)
+    log = encode(small_log, schema)
+    ended = user_ended(log, schema.terminal_codes)
+    win = make_windows(log, 16)
+    batch = collate(log, win, np.arange(len(win.user)), 16, ended, len(schema.event_types), schema.window_start_s)
+    kind = batch["target_kind"].numpy()
+    assert (kind == EVENT).sum() == len(log.event_type)
+    assert (kind == CENSOR).sum() == (~ended).sum() > 0
+    # each target event index appears once: the predicted (user, time) pairs are all distinct
+    times = batch["target_log_gap"].numpy()[kind == EVENT]
+    assert len(times) == len(log.event_type)
+
+
+def test_schema_detects_churn_as_terminal_and_window_from_data(small_log):
+    schema = fit_schema(small_log)
+    assert schema.terminal_types == ["account_closed"]
+    assert schema.window_start.startswith("2025-01-01") and schema.window_end.startswith("2025-05-01")
+    assert schema.context_columns == ["macro_index"]
+
+
+def test_user_split_is_deterministic_disjoint_and_roughly_80_10_10():
+    ids = np.array([f"u{i}" for i in range(5000)])
+    split = split_of(ids, seed=4)
+    assert np.array_equal(split, split_of(ids, seed=4))
+    assert not np.array_equal(split, split_of(ids, seed=5))
+    share = np.bincount(split, minlength=3) / len(ids)
+    assert abs(share[0] - 0.8) < 0.03 and abs(share[1] - 0.1) < 0.02
+
+
+def test_transformer_beats_the_markov_baseline_on_holdout_nll(model_dir):
+    metrics = json.loads((model_dir / "model.json").read_text())["metrics"]["holdout_nll_per_event"]
+    assert metrics["transformer"]["total"] < metrics["baseline"]["total"]
+    assert all(np.isfinite(v) for v in metrics["transformer"].values())
+
+
+def test_model_directory_loads_with_weights_only_and_records_everything(model_dir):
+    state = torch.load(model_dir / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    manifest = json.loads((model_dir / "model.json").read_text())
+    assert {"model_config", "schema", "metrics", "library_versions", "train_config", "history"} <= set(manifest)
+    assert manifest["library_versions"]["torch"].startswith("2.")
+    split = pd.read_parquet(model_dir / "split.parquet")
+    assert set(split["split"]) == {"train", "validation", "holdout"} and split["user_id"].is_unique
+    model, schema, _ = load_model(model_dir)
+    assert not model.training and schema.event_types[0] == "account_closed"
+
+
+def test_incompatible_or_unfinished_model_directory_fails_clearly(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    manifest = json.loads((model_dir / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(TwinsimError, match="version 99"):
+        load_model(broken)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(TwinsimError, match="--resume"):
+        load_model(unfinished)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(small_log, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=64, seed=2, max_train_users=60)
+    train(small_log, tmp_path / "full", model_overrides=TINY, config=config)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_epoch(kind, info):
+        if kind == "epoch_end":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(small_log, tmp_path / "cut", model_overrides=TINY, config=config, on_event=stop_after_first_epoch)
+    assert not (tmp_path / "cut" / "model.json").exists()
+    train(small_log, tmp_path / "cut", model_overrides=TINY, config=config, resume=True)
+    full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_resume_with_other_options_is_refused(small_log, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, seed=2, max_train_users=40)
+    train(small_log, tmp_path / "m", model_overrides=TINY, config=config)
+    with pytest.raises(TwinsimError, match="other data or options"):
+        train(small_log, tmp_path / "m", model_overrides=TINY, resume=True,
+              config=TrainConfig(epochs=2, batch_size=32, seed=2, max_train_users=40))
+
+
+def _generate(model_dir, **options):
+    config = GenerateConfig(**{"users": 60, "start": pd.Timestamp("2025-01-01"), "days": 60, "seed": 5, **options})
+    return generate(model_dir, config)
+
+
+def test_generated_output_meets_the_contract_and_churn_is_terminal(model_dir, tmp_path):
+    users, events, summary = _generate(model_dir)
+    users.to_parquet(tmp_path / "users.parquet")
+    events.to_parquet(tmp_path / "events.parquet")
+    log = load_event_log(tmp_path)
+    assert len(log.users) == 60 and summary["events"] == len(events) > 0
+    assert events["timestamp"].min() >= pd.Timestamp("2025-01-01", tz="UTC")
+    assert events["timestamp"].max() < pd.Timestamp("2025-03-02", tz="UTC")
+    closed = events[events["event_type"] == "account_closed"]
+    last = events.groupby("user_id").tail(1)
+    assert closed.index.isin(last.index).all()
+    amounts = events[events["event_type"].isin(["card_payment", "income"])]["amount"]
+    assert amounts.notna().all() and (amounts >= 0).all()
+    assert events.loc[events["event_type"] == "login", "amount"].isna().all()
+
+
+def test_same_seed_gives_identical_output(model_dir):
+    _, a, _ = _generate(model_dir, batch_size=64)
+    _, b, _ = _generate(model_dir, batch_size=64)
+    _, d, _ = _generate(model_dir, seed=6)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(d)
+
+
+def test_a_users_draws_do_not_depend_on_the_batch(model_dir):
+    """Per-user random streams: other batch sizes give the same events; only float32 rounding in the
+    network moves timestamps, by seconds at most."""
+    _, a, _ = _generate(model_dir, batch_size=64)
+    _, c, _ = _generate(model_dir, batch_size=7)
+    columns = ["user_id", "event_type", "channel", "merchant_category", "product"]
+    pd.testing.assert_frame_equal(a[columns], c[columns])
+    assert (a["timestamp"] - c["timestamp"]).abs().max() < pd.Timedelta(seconds=10)
+
+
+def test_where_conditions_static_attributes(model_dir):
+    users, events, _ = _generate(model_dir, where={"segment": ["retiree", "student"]})
+    assert set(users["segment"].astype(str)) <= {"retiree", "student"}
+    with pytest.raises(TwinsimError, match="unknown value"):
+        _generate(model_dir, where={"segment": ["pirate"]})
+    with pytest.raises(TwinsimError, match="no attribute"):
+        _generate(model_dir, where={"planet": ["mars"]})
+
+
+def test_python_api_mirrors_the_cli(small_world, tmp_path):
+    twin = TwinModel.fit(small_world, tmp_path / "work", epochs=1, max_train_users=40, **TINY)
+    saved = twin.save(tmp_path / "saved")
+    again = TwinModel.load(saved)
+    users, events = again.sample(10, start="2025-02-01", days=20, seed=1)
+    assert len(users) == 10 and set(events["user_id"]) <= set(users["user_id"])
+    assert again.metrics["holdout_nll_per_event"]["transformer"]["total"] > 0
