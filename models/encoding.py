@@ -21,6 +21,7 @@ from models.event_log import AMOUNT, EventLog
 NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
 CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days to month end
+NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
 SPLITS = ("train", "validation", "holdout")
 
 
@@ -71,6 +72,21 @@ class Schema:
     def amount_codes(self) -> list[int]:
         return [self.event_types.index(t) for t in self.amount_types]
 
+    @property
+    def recency_size(self) -> int:
+        """One recency feature per event type and per mark value (see :func:`last_occurrence`)."""
+        return len(self.event_types) + sum(len(v) - 1 for v in self.marks.values())
+
+    def recency_keys(self, event_type: np.ndarray, marks: np.ndarray) -> list[np.ndarray]:
+        """For each recency feature, the column index it sets for events (-1 where none):
+        [type, then each mark's value]."""
+        keys = [event_type]
+        start = len(self.event_types)
+        for j, vocab in enumerate(self.marks.values()):
+            keys.append(np.where(marks[:, j] > 0, start + marks[:, j] - 1, -1))
+            start += len(vocab) - 1
+        return keys
+
 
 @dataclass
 class EncodedLog:
@@ -86,6 +102,7 @@ class EncodedLog:
     amount_z: np.ndarray  # (events,) float32 standardised log1p(amount), 0 where none
     calendar: np.ndarray  # (events, 5) int64
     context: np.ndarray  # (events, context columns) float32, standardised
+    last_days: np.ndarray  # (events, recency size) float32: when each type / mark value last occurred
     static_cat: np.ndarray  # (users, categorical attributes) int64
     static_num: np.ndarray  # (users, numeric attributes) float32, standardised
     window_end_s: float = 0.0
@@ -105,7 +122,8 @@ class EncodedLog:
         counts = self.lengths[users]
         index = np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1]) for u in users]) if len(users) \
             else np.empty(0, np.int64)
-        per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context")
+        per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context",
+                     "last_days")
         return EncodedLog(
             user_ids=self.user_ids[users],
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
@@ -221,10 +239,30 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         amount_z=amount_z,
         calendar=kernels.calendar(time_s),
         context=context_at(time_s, log.context, schema),
+        last_days=last_occurrence(schema, event_type, marks, (time_s - schema.window_start_s) / 86400.0, offsets),
         static_cat=static_cat,
         static_num=static_num,
         window_end_s=schema.window_end_s,
     )
+
+
+def last_occurrence(schema: Schema, event_type: np.ndarray, marks: np.ndarray, days: np.ndarray,
+                    offsets: np.ndarray) -> np.ndarray:
+    """(events, recency size): for every event, the time (days since the window start) at which each event
+    type and each mark value last occurred for the same user, this event included; NEVER if not yet.
+
+    These are the model's long memory: "days since the last income" makes paydays, "days since the last
+    mortgage inquiry" makes life-stage chains, whatever the attention window holds."""
+    n = len(event_type)
+    out = np.full((n, schema.recency_size), NEVER, dtype=np.float32)
+    user_start = np.repeat(offsets[:-1], np.diff(offsets))
+    position = np.arange(n)
+    for key in schema.recency_keys(event_type, marks):
+        for column in np.unique(key[key >= 0]):
+            last = np.maximum.accumulate(np.where(key == column, position, -1))
+            seen = last >= user_start
+            out[seen, column] = days[last[seen]]
+    return out
 
 
 def _codes(values: pd.Series, vocab: list[str]) -> np.ndarray:

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 
 from models import kernels
-from models.encoding import MIN_GAP_HOURS, Schema, context_at
+from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
 from models.transformer import EventTransformer, KVCache, mixture_numpy
+from models.windows import recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
 
@@ -127,6 +128,7 @@ class Sampler:
         static = static_all[torch.from_numpy(slot_user)]
         time_s = np.full(width, start_s)
         steps = np.zeros(width, dtype=np.int64)
+        last = np.full((width, self.schema.recency_size), NEVER)  # days since start_s, per type / mark value
         token = self._bos_tokens(width, start_s)
         cache.reset(torch.arange(width))
         active = np.ones(width, dtype=bool)
@@ -134,14 +136,20 @@ class Sampler:
         done_users = 0
         while active.any():
             h = model.step(token, static, cache)
-            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z = self._draw(h, slot_user, steps, time_s)
+            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z = self._draw(
+                h, slot_user, steps, time_s, last, start_s)
             alive = active & (t_next < end_s)
+            t_days = (t_next - start_s) / 86400.0
+            for key in self.schema.recency_keys(type_, marks):
+                rows = np.flatnonzero(alive & (key >= 0))
+                last[rows, key[rows]] = t_days[rows]
             if alive.any():
                 out.append((slot_user[alive], t_next[alive], type_[alive], marks[alive], amount[alive]))
             finished = active & (~alive | np.isin(type_, self.terminal))
             time_s = np.where(alive, t_next, time_s)
             steps += 1
-            token = self._event_tokens(type_, marks, cal_next, np.log(gap_h), amount_z, ctx_next, time_s, start_s)
+            token = self._event_tokens(type_, marks, cal_next, np.log(gap_h), amount_z, ctx_next, time_s, start_s,
+                                       recency(t_days, last))
             if finished.any():
                 done_users += int(finished.sum())
                 slots = np.flatnonzero(finished)
@@ -151,7 +159,7 @@ class Sampler:
                     pending += len(refill)
                     slot_user[refill] = new_users
                     static[torch.from_numpy(refill)] = static_all[torch.from_numpy(new_users)]
-                    time_s[refill], steps[refill] = start_s, 0
+                    time_s[refill], steps[refill], last[refill] = start_s, 0, NEVER
                     cache.reset(torch.from_numpy(refill))
                     bos = self._bos_tokens(len(refill), start_s)
                     for k in token:
@@ -173,16 +181,19 @@ class Sampler:
                 "marks": torch.zeros((rows, len(cfg.mark_sizes)), dtype=torch.long),
                 "calendar": torch.from_numpy(np.repeat(kernels.calendar(np.array([start_s])), rows, axis=0)),
                 "cont": torch.zeros((rows, 2 + cfg.n_context)),
+                "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, cfg.n_recency), NEVER))).float(),
                 "time_days": torch.zeros(rows)}
 
-    def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s):
+    def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s, recency_now):
         cont = np.concatenate([log_gap[:, None], amount_z[:, None], context], axis=1).astype(np.float32)
         return {"type": torch.from_numpy(type_), "marks": torch.from_numpy(marks),
                 "calendar": torch.from_numpy(calendar), "cont": torch.from_numpy(cont),
+                "recency": torch.from_numpy(recency_now.astype(np.float32)),
                 "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
 
     @torch.no_grad()
-    def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray):
+    def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
+              start_s: float):
         model = self.model
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 2)
         gap_h = np.maximum(kernels.sample_lognormal_mixture(*mixture_numpy(model.time_head(h)), u[:, 0], u[:, 1]),
@@ -190,8 +201,9 @@ class Sampler:
         t_next = time_s + gap_h * 3600.0
         cal_next = kernels.calendar(t_next)
         ctx_next = context_at(t_next, self.context, self.schema)
+        query_recency = recency((t_next - start_s) / 86400.0, last).astype(np.float32)
         q = model.query(h, torch.from_numpy(cal_next), torch.from_numpy(np.log(gap_h).astype(np.float32)),
-                        torch.from_numpy(ctx_next))
+                        torch.from_numpy(ctx_next), torch.from_numpy(query_recency))
         probs = torch.softmax(model.type_head(q).double(), -1).numpy()
         type_ = kernels.sample_categorical(probs, kernels.uniforms(self.seed, users, steps, PURPOSE_TYPE, 1)[:, 0])
         cond = q + model.next_type_emb(torch.from_numpy(type_))

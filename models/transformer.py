@@ -42,6 +42,7 @@ class ModelConfig:
     attribute_sizes: list[int] = field(default_factory=list)
     n_numeric: int = 0
     n_context: int = 0
+    n_recency: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -170,6 +171,7 @@ class EventTransformer(nn.Module):
         self.mark_emb = nn.ModuleList(nn.Embedding(n, d) for n in cfg.mark_sizes)
         self.cal_emb = nn.ModuleList(nn.Embedding(n, d) for n in CALENDAR_SIZES)
         self.cont = nn.Linear(2 + cfg.n_context, d)
+        self.recency = nn.Linear(cfg.n_recency, d)
         self.attr_emb = nn.ModuleList(nn.Embedding(n, d) for n in cfg.attribute_sizes)
         self.numeric = nn.Linear(cfg.n_numeric, d) if cfg.n_numeric else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -177,6 +179,7 @@ class EventTransformer(nn.Module):
         self.time_head = nn.Linear(d, 3 * k)
         self.query_cal = nn.ModuleList(nn.Embedding(n, d) for n in CALENDAR_SIZES)
         self.query_cont = nn.Linear(1 + cfg.n_context, d)
+        self.query_recency = nn.Linear(cfg.n_recency, d)
         self.type_head = _mlp(d, cfg.n_types)
         self.next_type_emb = nn.Embedding(cfg.n_types, d)
         self.mark_heads = nn.ModuleList(_mlp(d, n) for n in cfg.mark_sizes)
@@ -188,16 +191,17 @@ class EventTransformer(nn.Module):
                 torch.zeros(static_cat.shape[0], self.cfg.d_model))
         return s + self.numeric(static_num) if self.numeric is not None else s
 
-    def embed(self, type_, marks, calendar, cont, static) -> torch.Tensor:
-        x = self.type_emb(type_) + self.cont(cont) + static
+    def embed(self, type_, marks, calendar, cont, recency, static) -> torch.Tensor:
+        x = self.type_emb(type_) + self.cont(cont) + self.recency(recency) + static
         for i, emb in enumerate(self.mark_emb):
             x = x + emb(marks[..., i])
         for i, emb in enumerate(self.cal_emb):
             x = x + emb(calendar[..., i])
         return x
 
-    def query(self, h, calendar_next, log_gap_next, context_next) -> torch.Tensor:
+    def query(self, h, calendar_next, log_gap_next, context_next, recency_next) -> torch.Tensor:
         q = h + self.query_cont(torch.cat([log_gap_next.unsqueeze(-1), context_next], dim=-1))
+        q = q + self.query_recency(recency_next)
         for i, emb in enumerate(self.query_cal):
             q = q + emb(calendar_next[..., i])
         return q
@@ -205,7 +209,7 @@ class EventTransformer(nn.Module):
     # ------------------------------------------------------------------------------------- training
     def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         static = self.static(batch["static_cat"], batch["static_num"]).unsqueeze(1)
-        x = self.embed(batch["type"], batch["marks"], batch["calendar"], batch["cont"], static)
+        x = self.embed(batch["type"], batch["marks"], batch["calendar"], batch["cont"], batch["recency"], static)
         for block in self.blocks:
             x = block(x, batch["time_days"], batch["valid"])
         return self.ln_f(x)
@@ -222,7 +226,8 @@ class EventTransformer(nn.Module):
         log_pdf, log_surv = _mixture_log_prob(self.time_head(h), batch["target_log_gap"])
         time = -(log_pdf * (kind == EVENT) + log_surv * (kind == CENSOR)).sum()
         ev = kind == EVENT
-        q = self.query(h[ev], batch["target_calendar"][ev], batch["target_log_gap"][ev], batch["target_context"][ev])
+        q = self.query(h[ev], batch["target_calendar"][ev], batch["target_log_gap"][ev], batch["target_context"][ev],
+                       batch["query_recency"][ev])
         target_type = batch["target_type"][ev]
         type_ = F.cross_entropy(self.type_head(q), target_type, reduction="sum")
         cond = q + self.next_type_emb(target_type)
@@ -238,7 +243,7 @@ class EventTransformer(nn.Module):
     def step(self, token: dict[str, torch.Tensor], static: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed one token per row (written into the cache) and return the hidden state (B, d)."""
         time_days = token["time_days"]
-        x = self.embed(token["type"], token["marks"], token["calendar"], token["cont"], static)
+        x = self.embed(token["type"], token["marks"], token["calendar"], token["cont"], token["recency"], static)
         for layer, block in enumerate(self.blocks):
             x = block.step(x, time_days, cache, layer)
         cache.advance(time_days)

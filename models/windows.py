@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models import kernels
-from models.encoding import EncodedLog
+from models.encoding import NEVER, EncodedLog
 
 NONE, EVENT, CENSOR = 0, 1, 2
 
@@ -62,6 +62,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     tok_calendar = tokens(log.calendar, 0)
     tok_calendar[:, 0] = kernels.calendar(np.array([bos_time_s]))[0]
     tok_time = tokens(log.time_s, bos_time_s)
+    tok_days = (tok_time - bos_time_s) / 86400.0
+    tok_last = tokens(log.last_days, NEVER)
 
     # Targets: token p predicts relative event j = start + p (p = 0 .. W).
     j = start[:, None] + np.arange(window + 1)[None, :]
@@ -73,6 +75,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     censor_gap_h = np.maximum((log.window_end_s - last_time) / 3600.0, 1.0 / 3600.0)
     kind = np.where(is_event, EVENT, np.where(is_censor, CENSOR, NONE))
     target_log_gap = np.where(is_event, log.log_gap[target], np.log(censor_gap_h)[:, None])
+    target_days = (log.time_s[target] - bos_time_s) / 86400.0
 
     def t(x, dtype=None):
         return torch.from_numpy(np.ascontiguousarray(x)).to(dtype) if dtype else torch.from_numpy(
@@ -85,7 +88,9 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "calendar": t(tok_calendar, torch.long),
         "cont": t(np.concatenate([tokens(log.log_gap, 0.0)[..., None], tokens(log.amount_z, 0.0)[..., None],
                                   tokens(log.context, 0.0)], axis=2), torch.float32),
-        "time_days": t((tok_time - bos_time_s) / 86400.0, torch.float32),
+        "time_days": t(tok_days, torch.float32),
+        "recency": t(recency(tok_days, tok_last), torch.float32),
+        "query_recency": t(recency(target_days, tok_last), torch.float32),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
@@ -98,3 +103,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "target_calendar": t(log.calendar[target], torch.long),
         "target_context": t(log.context[target], torch.float32),
     }
+
+
+def recency(now_days: np.ndarray, last_days: np.ndarray) -> np.ndarray:
+    """log(1 + days since each type / mark value last occurred), seen from ``now_days``."""
+    return np.log1p(np.maximum(now_days[..., None] - last_days, 0.0))
