@@ -167,6 +167,12 @@ class Sampler:
                 active[slots[len(refill):]] = False
                 if on_progress is not None:
                     on_progress(done_users, n)
+                if pending == n and 0 < active.sum() < len(active) // 2:  # the tail: drop empty slots
+                    keep = np.flatnonzero(active)
+                    rows = torch.from_numpy(keep)
+                    cache.select(rows)
+                    static, token = static[rows], {k: v[rows] for k, v in token.items()}
+                    slot_user, time_s, steps, last, active = (x[keep] for x in (slot_user, time_s, steps, last, active))
         if not out:
             empty = np.empty(0)
             return {"user": empty.astype(np.int64), "time_s": empty, "type": empty.astype(np.int64),

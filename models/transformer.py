@@ -81,15 +81,15 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
-    def step(self, x: torch.Tensor, time_days: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, key_bias: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        """One token per row, attending to the cache; ``key_bias`` (B, H, 1, C) from :meth:`KVCache.begin`."""
         b, d = x.shape
         q, k, v = self._split(x[:, None, :])  # (B, H, 1, dh)
         rows = torch.arange(b)
         cache.k[layer][rows, :, cache.slot] = k[:, :, 0]
         cache.v[layer][rows, :, cache.slot] = v[:, :, 0]
-        delta = (time_days[:, None] - cache.time_days).clamp(min=0)[:, None, None, :]
-        bias = (-self.slopes * delta).masked_fill(~cache.valid[:, None, None, :], float("-inf"))
-        y = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer], attn_mask=bias)
+        scores = torch.matmul(q, cache.k[layer].transpose(-1, -2)) * self.d_head**-0.5 + key_bias
+        y = torch.matmul(torch.softmax(scores, dim=-1), cache.v[layer])
         return self.proj(y.reshape(b, d))
 
 
@@ -105,8 +105,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), time_days, valid)
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x, time_days, cache, layer):
-        x = x + self.attn.step(self.ln1(x), time_days, cache, layer)
+    def step(self, x, key_bias, cache, layer):
+        x = x + self.attn.step(self.ln1(x), key_bias, cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
@@ -135,11 +135,24 @@ class KVCache:
         self.count[rows] = -1
         self.slot[rows] = 0
 
-    def advance(self, time_days: torch.Tensor) -> None:
-        """Mark the token just written as valid and move every row to its next slot."""
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (in that order)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+        self.time_days, self.valid, self.count, self.slot = (
+            x[rows] for x in (self.time_days, self.valid, self.count, self.slot))
+
+    def begin(self, time_days: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+        """Claim each row's slot for a token at ``time_days`` and return the attention bias of every key,
+        (B, H, 1, C), shared by all layers. The training bias ``-slope * (t_query - t_key)`` equals
+        ``slope * t_key`` up to a per-query constant, which softmax ignores."""
         rows = torch.arange(len(self.slot))
         self.valid[rows, self.slot] = True
         self.time_days[rows, self.slot] = time_days
+        return (slopes * self.time_days[:, None, None, :]).masked_fill(~self.valid[:, None, None, :], float("-inf"))
+
+    def advance(self) -> None:
+        """Move every row to its next slot (slot 0 keeps the BOS; events cycle through 1..W)."""
         self.count += 1
         self.slot = 1 + self.count % (self.valid.shape[1] - 1)
 
@@ -242,9 +255,9 @@ class EventTransformer(nn.Module):
     @torch.no_grad()
     def step(self, token: dict[str, torch.Tensor], static: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed one token per row (written into the cache) and return the hidden state (B, d)."""
-        time_days = token["time_days"]
+        key_bias = cache.begin(token["time_days"], self.blocks[0].attn.slopes)
         x = self.embed(token["type"], token["marks"], token["calendar"], token["cont"], token["recency"], static)
         for layer, block in enumerate(self.blocks):
-            x = block.step(x, time_days, cache, layer)
-        cache.advance(time_days)
+            x = block.step(x, key_bias, cache, layer)
+        cache.advance()
         return self.ln_f(x)

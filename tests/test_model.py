@@ -186,3 +186,23 @@ def test_python_api_mirrors_the_cli(small_world, tmp_path):
     users, events = again.sample(10, start="2025-02-01", days=20, seed=1)
     assert len(users) == 10 and set(events["user_id"]) <= set(users["user_id"])
     assert again.metrics["holdout_nll_per_event"]["transformer"]["total"] > 0
+
+
+def test_cached_step_by_step_pass_equals_the_training_forward_pass(model_dir, small_log):
+    from models.transformer import KVCache
+
+    model, schema, _ = load_model(model_dir)
+    log = encode(small_log, schema)
+    window = model.cfg.window
+    win = make_windows(log, window)
+    longest = int(np.argmax(log.lengths[win.user] * (win.start == 0)))  # a full first window
+    batch = collate(log, win, np.array([longest]), window, user_ended(log, schema.terminal_codes), model.bos,
+                    schema.window_start_s)
+    with torch.no_grad():
+        expected = model.hidden(batch)[0]
+        static = model.static(batch["static_cat"], batch["static_num"])
+        cache = KVCache.empty(model.cfg, 1)
+        cache.reset(torch.tensor([0]))
+        steps = [model.step({k: batch[k][:, p] for k in ("type", "marks", "calendar", "cont", "recency", "time_days")},
+                            static, cache)[0] for p in range(window + 1)]
+    assert torch.allclose(torch.stack(steps), expected, atol=1e-4)
