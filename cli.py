@@ -120,7 +120,7 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
               help="Model directory to write.")
 @click.option("--users", "users", type=click.Path(path_type=Path), default=None,
               help="Users table, if DATA is not a dataset directory that has one.")
-@click.option("--epochs", default=4, show_default=True, help="Maximum passes over the training users.")
+@click.option("--epochs", default=8, show_default=True, help="Maximum passes over the training users.")
 @click.option("--batch-size", default=64, show_default=True, help="Windows per optimisation step.")
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
 @click.option("--patience", default=2, show_default=True, help="Stop after this many epochs without improvement.")
@@ -145,7 +145,7 @@ def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size:
 
     \b
     Example:
-      twinsim train runs/world -o runs/model --epochs 4
+      twinsim train runs/world -o runs/model --epochs 8
     """
     from models.event_log import load_event_log
     from models.training import TrainConfig

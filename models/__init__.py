@@ -2,6 +2,14 @@
 
 from models.errors import DataContractError, TwinsimError
 from models.event_log import EventLog, load_event_log
-from models.twin import TwinModel
 
 __all__ = ["DataContractError", "EventLog", "TwinModel", "TwinsimError", "load_event_log"]
+
+
+def __getattr__(name: str):
+    # TwinModel pulls in torch; import it only when asked for, so `inspect` starts fast.
+    if name == "TwinModel":
+        from models.twin import TwinModel
+
+        return TwinModel
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

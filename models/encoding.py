@@ -120,8 +120,8 @@ class EncodedLog:
         """The users where ``mask`` is true (events stay contiguous)."""
         users = np.flatnonzero(mask)
         counts = self.lengths[users]
-        index = np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1]) for u in users]) if len(users) \
-            else np.empty(0, np.int64)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        index = np.repeat(self.offsets[users], counts) + within
         per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context",
                      "last_days")
         return EncodedLog(

@@ -26,7 +26,7 @@ PARTS = ("time", "type", "marks", "amount")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 64  # windows per step
     lr: float = 3e-3
     weight_decay: float = 0.01
