@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -122,6 +123,8 @@ def train(
         raise TwinsimError(f"--resume: {checkpoint} does not exist; start without --resume")
     if not resume:
         check_output_dir(out, overwrite)
+        if out.exists():  # --overwrite: a half-trained new model must never sit beside an old model.json
+            shutil.rmtree(out)
     torch.manual_seed(config.seed)
     schema = fit_schema(log, split_seed=config.seed, terminal=terminal)
     splits = split_log(encode(log, schema), schema)

@@ -206,3 +206,18 @@ def test_cached_step_by_step_pass_equals_the_training_forward_pass(model_dir, sm
         steps = [model.step({k: batch[k][:, p] for k in ("type", "marks", "calendar", "cont", "recency", "time_days")},
                             static, cache)[0] for p in range(window + 1)]
     assert torch.allclose(torch.stack(steps), expected, atol=1e-4)
+
+
+def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(small_log, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=64, seed=2, max_train_users=40)
+    train(small_log, tmp_path / "m", model_overrides=TINY, config=config)
+    assert (tmp_path / "m" / "model.json").exists()
+
+    def stop(kind, info):
+        if kind == "epoch_end":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_log, tmp_path / "m", model_overrides=TINY, config=config, overwrite=True, on_event=stop)
+    with pytest.raises(TwinsimError, match="--resume"):
+        load_model(tmp_path / "m")
