@@ -9,7 +9,7 @@ The :class:`Schema` is saved with a model as JSON; :func:`encode` applies it to 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -106,7 +106,6 @@ class EncodedLog:
     static_cat: np.ndarray  # (users, categorical attributes) int64
     static_num: np.ndarray  # (users, numeric attributes) float32, standardised
     window_end_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
