@@ -221,3 +221,21 @@ def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(sm
         train(small_log, tmp_path / "m", model_overrides=TINY, config=config, overwrite=True, on_event=stop)
     with pytest.raises(TwinsimError, match="--resume"):
         load_model(tmp_path / "m")
+
+
+def test_a_small_model_already_reproduces_rhythms_response_rates_volume_and_terminal_churn(model_dir, small_log):
+    """At test scale (400 users x 120 days, a tiny model, 3 epochs). Paydays and the life-stage chain need
+    the default model and scale; benchmarks/model_fidelity.py measures all laws there."""
+    from simulator.reference_world.fidelity import law_statistics, top_coverage
+
+    _, synthetic, _ = _generate(model_dir, users=400, days=120, seed=2)
+    real, syn = law_statistics(small_log.events), law_statistics(synthetic)
+    assert abs(syn["click_rate"] - real["click_rate"]) <= 0.25 * real["click_rate"]
+    assert syn["weekend_login_ratio"] < 0.9  # fewer logins at weekends, as in the real data (0.66)
+    assert syn["income_at_night_share"] > 0.6
+    assert abs(syn["events_per_user_median"] - real["events_per_user_median"]) <= 0.2 * real["events_per_user_median"]
+    assert syn["closed_is_last_share"] == 1.0
+    pay = small_log.events["event_type"] == "card_payment"
+    coverage = top_coverage(small_log.events.loc[pay, "amount"],
+                            synthetic.loc[synthetic["event_type"] == "card_payment", "amount"])
+    assert 0.5 < coverage < 1.5
