@@ -207,3 +207,15 @@ def test_any_unparseable_timestamp_is_reported_with_its_row(tmp_path, n, bad_row
     with pytest.raises(DataContractError) as info:
         load_event_log(write(frame, tmp_path / "events.parquet"))
     assert f"row {row + 1}:" in info.value.example
+
+
+def test_context_table_is_read_from_the_dataset_and_bad_dates_are_refused(tmp_path, good_events):
+    write(good_events, tmp_path / "events.parquet")
+    write(pd.DataFrame({"date": ["2025-01-02", "2025-01-01"], "macro_index": [99.0, 100.0]}),
+          tmp_path / "context.csv")
+    log = load_event_log(tmp_path)
+    assert list(log.context.columns) == ["date", "macro_index"]
+    assert log.context["macro_index"].tolist() == [100.0, 99.0]  # sorted by date
+    write(pd.DataFrame({"date": ["2025-01-01", "someday"], "macro_index": [1.0, 2.0]}), tmp_path / "context.csv")
+    err = contract_error(tmp_path)
+    assert err.column == "date" and "row 2:" in err.example
