@@ -221,12 +221,7 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
     for t in schema.amount_types:
         rows = (event_type == type_index[t]) & ~np.isnan(amount)
         amount_z[rows] = (np.log1p(np.abs(amount[rows])) - schema.amount_log_mean[t]) / schema.amount_log_std[t]
-    users = _user_rows(log, user_ids)
-    static_cat = np.stack([_codes(users[n], v) for n, v in schema.categorical_attributes.items()], axis=1) \
-        if schema.categorical_attributes else np.zeros((len(user_ids), 0), np.int64)
-    static_num = np.stack([((users[n].astype(float) - m) / s).fillna(0.0).to_numpy(np.float32)
-                           for n, (m, s) in schema.numeric_attributes.items()], axis=1) \
-        if schema.numeric_attributes else np.zeros((len(user_ids), 0), np.float32)
+    static_cat, static_num = static_arrays(_user_rows(log, user_ids), schema)
     return EncodedLog(
         user_ids=np.asarray(user_ids, dtype=object),
         offsets=offsets,
@@ -262,6 +257,17 @@ def last_occurrence(schema: Schema, event_type: np.ndarray, marks: np.ndarray, d
             seen = last >= user_start
             out[seen, column] = days[last[seen]]
     return out
+
+
+def static_arrays(users: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """(categorical codes, standardised numerics) of the static attributes, one row per user of ``users``;
+    missing values become ``<none>`` and the mean."""
+    cat = np.stack([_codes(users[n], v) for n, v in schema.categorical_attributes.items()], axis=1) \
+        if schema.categorical_attributes else np.zeros((len(users), 0), np.int64)
+    num = np.stack([((users[n].astype(float) - m) / s).fillna(0.0).to_numpy(np.float32)
+                    for n, (m, s) in schema.numeric_attributes.items()], axis=1) \
+        if schema.numeric_attributes else np.zeros((len(users), 0), np.float32)
+    return cat, num
 
 
 def _codes(values: pd.Series, vocab: list[str]) -> np.ndarray:

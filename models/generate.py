@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from models import kernels
-from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at
+from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at, static_arrays
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
 from models.transformer import EventTransformer, KVCache, mixture_numpy
@@ -90,16 +90,6 @@ def sample_attributes(model_dir: Path, schema: Schema, n: int, seed: int,
         else:
             users[name] = pd.Categorical(values)
     return users
-
-
-def _static_codes(users: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
-    cat = np.stack([users[n].astype(str).map({v: i for i, v in enumerate(vocab)}).fillna(0).to_numpy(np.int64)
-                    for n, vocab in schema.categorical_attributes.items()], axis=1) \
-        if schema.categorical_attributes else np.zeros((len(users), 0), np.int64)
-    num = np.stack([((users[n].astype(float) - m) / s).to_numpy(np.float32)
-                    for n, (m, s) in schema.numeric_attributes.items()], axis=1) \
-        if schema.numeric_attributes else np.zeros((len(users), 0), np.float32)
-    return cat, num
 
 
 class Sampler:
@@ -197,7 +187,6 @@ class Sampler:
                 "recency": torch.from_numpy(recency_now.astype(np.float32)),
                 "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
 
-    @torch.no_grad()
     def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
               start_s: float):
         model = self.model
@@ -238,14 +227,13 @@ def generate(model_dir: str | Path, config: GenerateConfig,
     model_dir = Path(model_dir)
     model, schema, manifest = load_model(model_dir)
     users = sample_attributes(model_dir, schema, config.users, config.seed, config.where)
-    static_cat, static_num = _static_codes(users, schema)
+    static_cat, static_num = static_arrays(users, schema)
     start = pd.Timestamp(config.start)
     start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     start_s = start.timestamp()
     end_s = start_s + config.days * 86400.0
     sampler = Sampler(model, schema, read_table(model_dir, "context"), config.seed)
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
     raw = sampler.run(static_cat, static_num, start_s, end_s, config.batch_size, on_progress)
     seconds = time.perf_counter() - started
     events = events_frame(raw, users["user_id"].to_numpy(), schema)

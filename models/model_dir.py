@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from models.artifacts import write_json
 from models.encoding import Schema
 from models.errors import TwinsimError
 from models.transformer import EventTransformer, ModelConfig
@@ -47,17 +48,11 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def write_manifest(directory: Path, model: EventTransformer, schema: Schema, extra: dict) -> None:
     save_atomic(model.state_dict(), directory / "model.pt")
-    write_json_atomic({"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.cfg.to_json(),
-                       "schema": schema.to_json(), "library_versions": library_versions(), **extra},
-                      directory / "model.json")
+    write_json(directory / "model.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                          "model_config": model.cfg.to_json(), "schema": schema.to_json(),
+                                          "library_versions": library_versions(), **extra})
 
 
 def read_manifest(directory: str | Path) -> dict:

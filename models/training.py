@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.artifacts import check_output_dir
+from models.artifacts import check_output_dir, write_json
 from models.baseline import MarkovBaseline
 from models.encoding import SPLITS, EncodedLog, Schema, encode, fit_schema, split_of
 from models.errors import TwinsimError
 from models.event_log import EventLog
-from models.model_dir import save_atomic, write_json_atomic, write_manifest
+from models.model_dir import save_atomic, write_manifest
 from models.transformer import EventTransformer, ModelConfig
 from models.windows import collate, make_windows, user_ended
 
@@ -162,7 +162,7 @@ def train(
             .to_parquet(out / "split.parquet", index=False)
         table, meta = attribute_table(log, train_log.user_ids)
         table.to_parquet(out / "attributes.parquet", index=False)
-        write_json_atomic(meta, out / "attributes.json")
+        write_json(out / "attributes.json", meta)
         if log.context is not None:
             log.context.to_parquet(out / "context.parquet", index=False)
     baseline = MarkovBaseline().fit(train_log, schema)
@@ -204,7 +204,7 @@ def train(
                      "schedule": schedule.state_dict(), "epoch": epoch, "history": history, "best": best,
                      "stale": stale, "schema": schema.to_json(), "model_config": model_cfg.to_json(),
                      "train_config": asdict(config)}, checkpoint)
-        write_json_atomic({"history": history}, out / "history.json")
+        write_json(out / "history.json", {"history": history})
         emit("epoch_end", record)
     model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
     metrics = {

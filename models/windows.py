@@ -78,8 +78,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     target_days = (log.time_s[target] - bos_time_s) / 86400.0
 
     def t(x, dtype=None):
-        return torch.from_numpy(np.ascontiguousarray(x)).to(dtype) if dtype else torch.from_numpy(
-            np.ascontiguousarray(x))
+        tensor = torch.from_numpy(np.ascontiguousarray(x))
+        return tensor if dtype is None else tensor.to(dtype)
 
     return {
         "type": t(np.concatenate([np.full((len(rows), 1), bos_type), np.where(has_token, log.event_type[event],
