@@ -1,0 +1,1 @@
+"""twinsim validate: fidelity, utility and privacy of a synthetic event log against real holdout users."""
