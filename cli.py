@@ -15,6 +15,7 @@ import click
 
 from models.errors import TwinsimError
 
+EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -240,6 +241,85 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
         write_json(tmp / "generate.json", summary)
     click.echo(f"wrote {summary['events']:,} events of {users:,} synthetic users to {output} "
                f"({summary['events_per_second']:,.0f} events/s)")
+
+
+def _parse_response(ctx, param, value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    trigger, sep, response = value.partition(":")
+    if not sep or not trigger.strip() or not response.strip():
+        raise click.BadParameter(f"'{value}' is not TRIGGER:RESPONSE; write e.g. offer_shown:offer_click")
+    return trigger.strip(), response.strip()
+
+
+@main.command()
+@click.option("--train", "train", type=click.Path(path_type=Path), help="Real training users (an event log).")
+@click.option("--holdout", "holdout", type=click.Path(path_type=Path),
+              help="Real users the generator never saw (an event log).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Model directory: take train and holdout users of --data from its split.parquet.")
+@click.option("--data", "data", type=click.Path(path_type=Path), help="The real data the model was trained on.")
+@click.option("--synthetic", "synthetic", required=True, type=click.Path(path_type=Path),
+              help="The synthetic event log to judge.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Directory for report.json and report.html.")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling and models; same seed, same report.")
+@click.option("--terminal", multiple=True,
+              help="Terminal (churn) event type(s); default: the model's, or detected (always a user's last event).")
+@click.option("--response", callback=_parse_response, default=None,
+              help="Response task as TRIGGER:RESPONSE event types; default offer_shown:offer_click when both exist.")
+@click.option("--response-hours", default=24.0, show_default=True,
+              help="A response counts if it follows its trigger within this many hours.")
+@click.option("--churn-days", default=30, show_default=True, help="Churn task: churn within this many days.")
+@click.option("--rare-quantile", default=0.99, show_default=True,
+              help="Rare events: values beyond this training quantile (0.99 = top 1 %).")
+@click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.pass_context
+def validate(ctx: click.Context, train: Path | None, holdout: Path | None, model_dir: Path | None, data: Path | None,
+             synthetic: Path, output: Path, seed: int, terminal: tuple[str, ...], response: tuple[str, str] | None,
+             response_hours: float, churn_days: int, rare_quantile: float, overwrite: bool, quiet: bool) -> None:
+    """Judge synthetic data: fidelity, utility and privacy against real holdout users.
+
+    Every figure is shown next to what real holdout users (never seen by the generator) reach: the ceiling.
+    Writes report.json and a self-contained report.html; exits 1 if any gate fails. Give the real users
+    either as --train and --holdout, or as --model and --data (the model's saved split).
+
+    \b
+    Examples:
+      twinsim validate --model runs/model --data runs/world --synthetic runs/synthetic -o runs/report
+      twinsim validate --train real/train --holdout real/holdout --synthetic syn -o report
+    """
+    import time
+
+    from models.artifacts import check_output_dir
+    from models.validation import ValidationConfig, run_model_validation, run_validation
+    from models.validation.report import format_summary, write_report
+
+    if (train is None) != (holdout is None) or (model_dir is None) != (data is None) \
+            or (train is None) == (model_dir is None):
+        raise TwinsimError("give the real users either as --train and --holdout, or as --model and --data "
+                           "(one pair, not both); e.g. --model runs/model --data runs/world")
+    config = ValidationConfig(seed=seed, terminal=terminal or None, response=response, response_hours=response_hours,
+                              churn_days=churn_days, rare_quantile=rare_quantile)
+    config.validate()
+    check_output_dir(output, overwrite)
+    started = time.perf_counter()
+
+    def progress(stage: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - started:5.1f} s] {stage}", err=True)
+
+    if model_dir is not None:
+        report = run_model_validation(model_dir, data, synthetic, config, progress=progress)
+    else:
+        report = run_validation(train, holdout, synthetic, config, progress=progress)
+    progress("writing the report")
+    write_report(report, output, overwrite)
+    click.echo(format_summary(report))
+    click.echo(f"report written to {output / 'report.html'} and {output / 'report.json'}")
+    if not report["passed"]:
+        ctx.exit(EXIT_CHECK_FAILED)
 
 
 if __name__ == "__main__":

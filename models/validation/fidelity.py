@@ -15,7 +15,9 @@ from models.validation.samples import Sample, Vocabulary
 CALENDAR_BINS = {"hour": 24, "weekday": 7, "day_of_month": 32}
 EVENTS_PER_USER = "events per user"
 MIN_EVENTS_PER_TYPE = 200  # an event type needs this many events in both samples to be compared
-RARE_RESAMPLES = 200  # random same-size samples of training users behind the rare-event range
+RARE_RESAMPLES = 2000  # random same-size samples of training users behind the rare-event range
+RARE_RANGE = (0.0005, 0.9995)  # the range that 99.9 % of those samples fall in
+MIN_TAIL_USERS = 10  # rare events of fewer customers than this (expected in a sample) are too few to judge
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,13 +44,20 @@ def numeric_columns(sample: Sample, vocab: Vocabulary) -> dict[str, tuple[np.nda
     return out
 
 
+def effective_size(users: np.ndarray) -> float:
+    """Kish's effective sample size of values clustered by user: (sum of counts)^2 / sum of squared counts.
+    A customer with many values counts for less than that many independent ones."""
+    counts = np.bincount(users).astype(np.float64)
+    return float(counts.sum() ** 2 / max((counts**2).sum(), 1.0))
+
+
 def ks_per_column(ref: dict, x: dict) -> dict[str, dict[str, float]]:
-    """KS statistic per column, with the number of users behind the values (the effective sample size)."""
-    return {c: {"ks": ks_statistic(ref[c][0], x[c][0]), "users": int(len(np.unique(x[c][1])))} for c in ref}
+    """KS statistic per column, with the effective sample size behind the values."""
+    return {c: {"ks": ks_statistic(ref[c][0], x[c][0]), "n_eff": effective_size(x[c][1])} for c in ref}
 
 
-def users_per_column(columns: dict) -> dict[str, int]:
-    return {c: int(len(np.unique(users))) for c, (_, users) in columns.items()}
+def effective_sizes(columns: dict) -> dict[str, float]:
+    return {c: effective_size(users) for c, (_, users) in columns.items()}
 
 
 def correlation_drift(ref: pd.DataFrame, x: pd.DataFrame) -> dict[str, float | str]:
@@ -65,7 +74,7 @@ def correlation_drift(ref: pd.DataFrame, x: pd.DataFrame) -> dict[str, float | s
 
 
 def _rare_parts(ref: Sample, x: Sample, vocab: Vocabulary, quantile: float, ref_numeric: dict,
-                x_numeric: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
+                x_numeric: dict) -> dict[str, tuple[np.ndarray, ...]]:
     """Per rare-event item: per-user (rare, total) counts in ref and in x, and the training share."""
     parts = {}
     for column, (values, users) in ref_numeric.items():
@@ -101,17 +110,28 @@ def rare_coverage(ref: Sample, x: Sample, vocab: Vocabulary, quantile: float, re
                   rng: np.random.Generator) -> dict[str, dict]:
     """Share of ``x`` beyond the training ``quantile`` (numbers: above it; categories: values rarer than
     1 - quantile in training), relative to the training share: 1.0 means rare events are as common as in the
-    training data. ``range`` is where 99 % of random samples of as many training users land, which is wide
-    when the rare events come from a few customers."""
-    out: dict[str, dict] = {"coverage": {}, "range": {}}
+    training data.
+
+    ``range`` is where 99.9 % of real samples of ``x``'s size would land: random samples of as many training
+    users, their spread widened by sqrt(1 + n/N) because the training share is itself a sample of N users.
+    It is None where the rare events belong to fewer than MIN_TAIL_USERS customers of such a sample.
+    """
+    out: dict[str, dict] = {"coverage": {}, "range": {}, "tail_users": {}}
+    n, big_n = x.n_users, ref.n_users
     for name, (ref_rare, ref_total, x_rare, x_total, expected) in _rare_parts(
             ref, x, vocab, quantile, ref_numeric, x_numeric).items():
         if x_total.sum() == 0:
             continue
         out["coverage"][name] = float(x_rare.sum() / x_total.sum() / expected)
-        draws = rng.integers(0, ref.n_users, size=(RARE_RESAMPLES, x.n_users))
+        tail_users = float(np.count_nonzero(ref_rare) * n / big_n)
+        out["tail_users"][name] = tail_users
+        if tail_users < MIN_TAIL_USERS:
+            out["range"][name] = None
+            continue
+        draws = rng.integers(0, big_n, size=(RARE_RESAMPLES, n))
         resampled = ref_rare[draws].sum(axis=1) / np.maximum(ref_total[draws].sum(axis=1), 1) / expected
-        out["range"][name] = [float(v) for v in np.quantile(resampled, [0.005, 0.995])]
+        spread = 1 + (np.quantile(resampled, RARE_RANGE) - 1) * np.sqrt(1 + n / big_n)
+        out["range"][name] = [float(max(spread[0], 0.0)), float(spread[1])]
     return out
 
 

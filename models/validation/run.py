@@ -72,13 +72,13 @@ def measure(train: Sample, holdout: Sample, synthetic: Sample, synthetic_all: Sa
     f["events_per_user"] = {**{k: fidelity.ks_statistic(epu["train"][0], epu[k][0]) for k in pair},
                             "users": synthetic.n_users, "train_users": train.n_users}
     f["ks"] = {**{k: fidelity.ks_per_column(numeric["train"], numeric[k]) for k in pair},
-               "train_users": fidelity.users_per_column(numeric["train"])}
+               "train_n_eff": fidelity.effective_sizes(numeric["train"])}
     for k in numeric:
         numeric[k][fidelity.EVENTS_PER_USER] = epu[k]
     rare = {k: fidelity.rare_coverage(train, s, vocab, config.rare_quantile, numeric["train"], numeric[k],
                                       _rng(config.seed, 6)) for k, s in pair.items()}
     f["rare_coverage"] = {"synthetic": rare["synthetic"]["coverage"], "holdout": rare["holdout"]["coverage"],
-                          "range": rare["synthetic"]["range"]}
+                          "range": rare["synthetic"]["range"], "tail_users": rare["synthetic"]["tail_users"]}
     gaps = {k: fidelity.inter_event_time(train, s, vocab) for k, s in pair.items()}
     f["inter_event_time"] = {k: fidelity.mean_over_types(gaps[k]) for k in pair}
     f["inter_event_time_items"] = gaps

@@ -152,7 +152,7 @@ class Sample:
     def calendar(self) -> dict[str, np.ndarray]:
         """Hour of day (0-23), weekday (0 = Monday) and day of month (1-31) of each event, in UTC."""
         ts = self.events["timestamp"].dt.tz_convert("UTC")
-        return {"hour": ts.dt.hour.to_numpy(), "weekday": ts.dt.dayofweek.to_numpy(),
+        return {"hour": ts.dt.hour.to_numpy(), "weekday": ts.dt.day_of_week.to_numpy(),
                 "day_of_month": ts.dt.day.to_numpy()}
 
     def subset(self, user_ids: np.ndarray, name: str | None = None) -> Sample:

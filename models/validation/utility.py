@@ -143,17 +143,28 @@ def scores(y: np.ndarray, p: np.ndarray, cut: float) -> dict[str, float]:
             "f1": float(f1_score(y, flagged, zero_division=0.0))}
 
 
+def _weighted_auc(groups: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """AUC with case weights; ``groups`` ranks the scores (equal scores share a group and count half)."""
+    size = groups.max() + 1
+    pos = np.bincount(groups, weights=weight * y, minlength=size)
+    neg = np.bincount(groups, weights=weight * (1 - y), minlength=size)
+    below = np.cumsum(neg) - neg
+    return float(np.dot(pos, below + 0.5 * neg) / (pos.sum() * neg.sum()))
+
+
 def auc_difference_se(y: np.ndarray, p_real: np.ndarray, p_syn: np.ndarray, users: np.ndarray,
                       rng: np.random.Generator) -> float:
     """Standard error of AUC(real) - AUC(synthetic) on the holdout, resampling holdout users (a user's cases
     move together, so repeated cases of one customer do not pass for independent evidence)."""
     codes, uniques = pd.factorize(users)
+    y = y.astype(np.float64)
+    ranks = [np.unique(p, return_inverse=True)[1] for p in (p_real, p_syn)]
     diffs = []
     for _ in range(BOOTSTRAP):
         weight = np.bincount(rng.integers(0, len(uniques), len(uniques)), minlength=len(uniques))[codes]
-        if len(np.unique(y[weight > 0])) < 2:
+        if np.dot(weight, y) == 0 or np.dot(weight, 1 - y) == 0:
             continue
-        diffs.append(roc_auc_score(y, p_real, sample_weight=weight) - roc_auc_score(y, p_syn, sample_weight=weight))
+        diffs.append(_weighted_auc(ranks[0], y, weight) - _weighted_auc(ranks[1], y, weight))
     return float(np.std(diffs)) if len(diffs) > 1 else float("nan")
 
 
