@@ -21,7 +21,7 @@ def run():
     return invoke
 
 
-@pytest.mark.parametrize("command", [[], ["reference-world"], ["inspect"], ["train"], ["generate"]])
+@pytest.mark.parametrize("command", [[], ["reference-world"], ["inspect"], ["train"], ["generate"], ["validate"]])
 def test_every_command_has_help_with_an_example(run, command):
     result = run(*command, "--help")
     assert result.exit_code == 0

@@ -16,13 +16,13 @@ FOLDS = 5
 
 def classifier(seed: int) -> HistGradientBoostingClassifier:
     """Gradient-boosted trees for the discriminator (a few hundred users a side)."""
-    return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, early_stopping=False,
+    return HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, max_leaf_nodes=15, early_stopping=False,
                                           random_state=seed)
 
 
 def utility_model(seed: int) -> HistGradientBoostingClassifier:
     """Gradient-boosted trees for the utility tasks: many cases, few positives, so shallower and smoother."""
-    return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=50,
+    return HistGradientBoostingClassifier(max_iter=50, learning_rate=0.1, max_leaf_nodes=8, min_samples_leaf=50,
                                           l2_regularization=1.0, early_stopping=False, random_state=seed)
 
 

@@ -14,6 +14,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 CLOSE_QUANTILE = 0.05  # "too close" = closer than the closest 5 % of holdout users are
+# Calendar shares stay out of the privacy profile: moving every event by a few hours changes them completely
+# while leaving everything else about a person intact, so they would hide near-copies.
+CALENDAR_FEATURES = ("hour:", "weekday:", "day_of_month:")
+
+
+def privacy_columns(columns: list[str]) -> list[str]:
+    """The per-user features privacy distances use: all but the calendar shares."""
+    return [c for c in columns if not c.startswith(CALENDAR_FEATURES)]
 
 
 def _rows(x: np.ndarray) -> set[bytes]:

@@ -110,9 +110,10 @@ def measure(train: Sample, holdout: Sample, synthetic: Sample, synthetic_all: Sa
         response_hours=config.response_hours, seed=config.seed)
 
     progress("privacy: distances to training customers")
+    profile = np.isin(feats["train"].columns, privacy.privacy_columns(list(feats["train"].columns)))
     f["privacy"] = privacy.privacy_figures(
-        scaled["train"], scaled["train_n"], scaled["holdout"], scaled["synthetic"], scaled["synthetic_all"],
-        {k: feats[k].to_numpy() for k in ("train", "holdout", "synthetic")})
+        *(scaled[k][:, profile] for k in ("train", "train_n", "holdout", "synthetic", "synthetic_all")),
+        {k: feats[k].to_numpy()[:, profile] for k in ("train", "holdout", "synthetic")})
     return f
 
 

@@ -77,7 +77,12 @@ class Sample:
 
     @classmethod
     def from_log(cls, name: str, log: EventLog) -> Sample:
-        return cls(name, log.events, log.users)
+        events = log.events
+        user, time = events["user_id"].to_numpy(), events["timestamp"].to_numpy()
+        ordered = (user[1:] > user[:-1]) | ((user[1:] == user[:-1]) & (time[1:] >= time[:-1]))
+        if not ordered.all():  # load_event_log sorts; a log built in memory may not be
+            events = events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+        return cls(name, events, log.users)
 
     @cached_property
     def user_ids(self) -> np.ndarray:

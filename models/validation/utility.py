@@ -9,8 +9,10 @@ Two tasks a bank would build on this data:
   earlier triggers and responses (overall, in the last 7 days, and with the same mark values) and the
   user's static attributes.
 
-Scores are AUC, precision, recall and F1 on holdout users; the model flags as many holdout cases as the
-share of positives it was trained on. The synthetic/real ratio of each score is what the gate reads.
+Scores are AUC, precision, recall and F1 on holdout users (the model flags as many holdout cases as the
+share of positives it was trained on) and the synthetic/real ratio of each. The gate reads the AUC
+difference against its standard error, which has two parts: which holdout customers were scored
+(resampling them) and which customers happened to be in the training data (refitting on resamples).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ MAX_CUTOFFS = 10  # churn: monthly cut-offs counted back from the end of the win
 MIN_HISTORY_DAYS = 60  # a cut-off needs this much history before it
 RECENT_DAYS = 30
 FATIGUE_DAYS = 7
-MIN_CASES = 5  # fewer positive (or negative) cases than this in any sample: the task is not measurable
+MIN_CASES = 10  # fewer positive (or negative) cases than this in any sample: the task is not measurable
 BOOTSTRAP = 100  # resamples of holdout users behind the standard error of an AUC difference
+REFITS = 3  # refits on resampled training customers behind the training part of that standard error
 
 
 def _window_subset(sample: Sample, start_s: float, end_s: float) -> Sample:
@@ -168,6 +171,23 @@ def auc_difference_se(y: np.ndarray, p_real: np.ndarray, p_syn: np.ndarray, user
     return float(np.std(diffs)) if len(diffs) > 1 else float("nan")
 
 
+def training_spread(train: Cases, test: Cases, seed: int) -> float:
+    """Standard deviation of the holdout AUC of models refitted on resamples of the training customers: how
+    much the score depends on which customers happened to be in the training data."""
+    x, y, users = train
+    codes, uniques = pd.factorize(users)
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for r in range(REFITS):
+        rows = np.repeat(np.arange(len(y)), np.bincount(rng.integers(0, len(uniques), len(uniques)),
+                                                        minlength=len(uniques))[codes])
+        if len(np.unique(y[rows])) < 2:
+            continue
+        resampled = (x.iloc[rows], y[rows], users[rows])
+        aucs.append(roc_auc_score(test[1], fit_predict(resampled, test, seed + r)[0]))
+    return float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
+
+
 def dual_track(real: Cases, synthetic: Cases, holdout: Cases, seed: int) -> dict:
     """Scores of the real-trained and the synthetic-trained model on holdout, and their ratios."""
     short = []
@@ -185,8 +205,11 @@ def dual_track(real: Cases, synthetic: Cases, holdout: Cases, seed: int) -> dict
     ratio = {k: (syn_scores[k] / real_scores[k] if real_scores[k] > 0 else None) for k in real_scores}
     cases = {name: {"cases": int(len(c[1])), "positives": int(np.sum(c[1]))}
              for name, c in (("real", real), ("synthetic", synthetic), ("holdout", holdout))}
+    evaluation = auc_difference_se(y, p_real, p_syn, holdout[2], np.random.default_rng(seed))
+    training = training_spread(real, holdout, seed)
     return {"applicable": True, "real": real_scores, "synthetic": syn_scores, "ratio": ratio, "cases": cases,
-            "auc_difference_se": auc_difference_se(y, p_real, p_syn, holdout[2], np.random.default_rng(seed))}
+            "auc_difference_se": float(np.sqrt(evaluation**2 + 2 * training**2)),
+            "auc_se_parts": {"holdout_resampling": evaluation, "training_resampling": training}}
 
 
 def response_pair(vocab: Vocabulary, requested: tuple[str, str] | None) -> tuple[str, str] | str:
