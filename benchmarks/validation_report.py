@@ -101,7 +101,8 @@ def main() -> None:
                          "compared_users": report["compared_users"],
                          "checks": {i: {k: c[k] for k in ("synthetic", "holdout", "threshold", "passed")}
                                     for i, c in checks.items()}}
-    print(json.dumps({"benchmark": "validation_report", "world": str(args.world), "model": str(args.model),
+    print(json.dumps({"benchmark": "validation_report", "world": str(args.world),
+                      "model": str(args.model) if args.model else None,
                       "differential_privacy": differential_privacy(manifest)["text"], "cases": results}))
 
 

@@ -123,7 +123,7 @@ def rare_coverage(ref: Sample, x: Sample, vocab: Vocabulary, quantile: float, re
         if x_total.sum() == 0:
             continue
         out["coverage"][name] = float(x_rare.sum() / x_total.sum() / expected)
-        tail_users = float(np.count_nonzero(ref_rare) * n / big_n)
+        tail_users = round(float(np.count_nonzero(ref_rare) * n / big_n), 1)
         out["tail_users"][name] = tail_users
         if tail_users < MIN_TAIL_USERS:
             out["range"][name] = None

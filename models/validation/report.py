@@ -48,11 +48,11 @@ def _verdict(passed: bool | None) -> str:
 
 def format_summary(report: dict) -> str:
     """The report as lines of text for the terminal."""
-    lines = [f"{'check':<28}{'synthetic':>10}{'holdout':>10}{'threshold':>11}  result"]
+    lines = [f"{'check':<24}{'synthetic':>10}{'holdout':>10}{'threshold':>11}  result"]
     for c in report["checks"]:
         threshold = "per item" if c["threshold"] is None and c["passed"] is not None else _fmt(c["threshold"])
-        lines.append(f"{c['group'] + '.' + c['id']:<28}"[:28] + f"{_fmt(c['synthetic']):>10}{_fmt(c['holdout']):>10}"
-                     f"{threshold:>11}  {_verdict(c['passed'])}")
+        lines.append(f"{c['id']:<24}{_fmt(c['synthetic']):>10}{_fmt(c['holdout']):>10}{threshold:>11}  "
+                     f"{_verdict(c['passed'])}")
     groups = ", ".join(f"{g} {_verdict(ok)}" for g, ok in report["groups"].items())
     lines.append(f"{'PASSED' if report['passed'] else 'FAILED'}: {groups}; compared {report['compared_users']:,} "
                  f"synthetic with as many holdout customers; differential privacy: "

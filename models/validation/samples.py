@@ -20,7 +20,6 @@ from models.event_log import AMOUNT, EventLog, load_event_log
 
 MIN_USERS = 20  # below this a same-size comparison says nothing; refuse rather than report noise
 TOP_CATEGORIES = 10  # categories kept per column; the rest share one "(other)" bin
-OTHER, NONE = "(other)", "(none)"
 DAY_S = 86_400.0
 
 
@@ -147,11 +146,6 @@ class Sample:
                 lookup = np.array([index.get(str(c), len(values)) for c in series.cat.categories] + [len(values) + 1])
                 self._codes[key] = lookup[series.cat.codes.to_numpy()]  # code -1 (missing) -> the last entry
         return self._codes[key]
-
-    @staticmethod
-    def labels(values: list[str]) -> list[str]:
-        """Names of the codes :meth:`codes` returns."""
-        return [*values, OTHER, NONE]
 
     @cached_property
     def calendar(self) -> dict[str, np.ndarray]:
