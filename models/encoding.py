@@ -9,7 +9,8 @@ The :class:`Schema` is saved with a model as JSON; :func:`encode` applies it to 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,9 @@ class Schema:
     window_end: str
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    version: int = 1
+    # (event type code, mark index, value code) combinations that get a recency feature of their own
+    recency_pairs: list[list[int]] = field(default_factory=list)
+    version: int = 2
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,18 +77,30 @@ class Schema:
 
     @property
     def recency_size(self) -> int:
-        """One recency feature per event type and per mark value (see :func:`last_occurrence`)."""
-        return len(self.event_types) + sum(len(v) - 1 for v in self.marks.values())
+        """One recency column per event type, per mark value and per (type, mark value) pair in
+        ``recency_pairs`` (see :func:`last_occurrence`)."""
+        return len(self.event_types) + sum(len(v) - 1 for v in self.marks.values()) + len(self.recency_pairs)
 
     def recency_keys(self, event_type: np.ndarray, marks: np.ndarray) -> list[np.ndarray]:
-        """For each recency feature, the column index it sets for events (-1 where none):
-        [type, then each mark's value]."""
+        """For each group of recency columns, the column each event sets (-1 where none): the event's type,
+        then each mark's value, then for each mark the (type, value) pair."""
         keys = [event_type]
         start = len(self.event_types)
         for j, vocab in enumerate(self.marks.values()):
             keys.append(np.where(marks[:, j] > 0, start + marks[:, j] - 1, -1))
             start += len(vocab) - 1
+        for j, lookup in enumerate(self._pair_columns):
+            keys.append(lookup[event_type, marks[:, j]])
         return keys
+
+    @cached_property
+    def _pair_columns(self) -> list[np.ndarray]:
+        """Per mark, a (types, values) table of the pairs' recency columns (-1 elsewhere)."""
+        start = len(self.event_types) + sum(len(v) - 1 for v in self.marks.values())
+        tables = [np.full((len(self.event_types), len(v)), -1, np.int64) for v in self.marks.values()]
+        for i, (t, j, v) in enumerate(self.recency_pairs):
+            tables[j][t, v] = start + i
+        return tables
 
 
 @dataclass
@@ -159,10 +174,11 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
             context_std.append(float(log.context[column].std() or 1.0))
     start = ev["timestamp"].min().floor("D")
     end = ev["timestamp"].max().floor("D") + pd.Timedelta(days=1)
+    marks = {m: [NONE, *sorted(map(str, ev[m].dropna().unique()))] for m in log.marks}
     return Schema(
         event_types=types,
         terminal_types=sorted(terminal),
-        marks={m: [NONE, *sorted(map(str, ev[m].dropna().unique()))] for m in log.marks},
+        marks=marks,
         amount_types=list(log.amount_types),
         amount_log_mean={t: float(a.mean()) for t, a in log_amounts.items()},
         amount_log_std={t: float(a.std() or 1.0) for t, a in log_amounts.items()},
@@ -174,7 +190,26 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
         window_start=start.isoformat(),
         window_end=end.isoformat(),
         split_seed=split_seed,
+        recency_pairs=recency_pairs(ev, types, marks),
     )
+
+
+def recency_pairs(events: pd.DataFrame, types: list[str], marks: dict[str, list[str]],
+                  min_count: int = 20) -> list[list[int]]:
+    """The (type, mark value) combinations seen at least ``min_count`` times in a type that shows more
+    than one value of that mark: "days since the last *mortgage inquiry*" rather than since anything
+    about mortgages (offers shown included) or any inquiry. This is what life-stage chains key on."""
+    pairs = []
+    for j, (name, vocab) in enumerate(marks.items()):
+        counts = events.groupby([events["event_type"].astype(str), events[name].astype(str)], observed=True).size()
+        for t, type_name in enumerate(types):
+            if type_name not in counts.index.get_level_values(0):
+                continue
+            values = counts.loc[type_name]
+            values = values[values.index.isin(vocab[1:]) & (values >= min_count)]
+            if len(values) > 1:
+                pairs += [[t, j, vocab.index(v)] for v in sorted(values.index)]
+    return pairs
 
 
 def detect_terminal_types(events: pd.DataFrame, min_count: int = 5) -> list[str]:

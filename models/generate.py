@@ -23,7 +23,8 @@ from models import kernels
 from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at, static_arrays
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
-from models.transformer import EventTransformer, KVCache, mixture_numpy
+from models.time_head import mixture_numpy
+from models.transformer import EventTransformer, KVCache
 from models.windows import recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
@@ -126,20 +127,22 @@ class Sampler:
         done_users = 0
         while active.any():
             h = model.step(token, static, cache)
-            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z = self._draw(
+            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen = self._draw(
                 h, slot_user, steps, time_s, last, start_s)
             alive = active & (t_next < end_s)
             t_days = (t_next - start_s) / 86400.0
+            width = last.shape[1]
             for key in self.schema.recency_keys(type_, marks):
                 rows = np.flatnonzero(alive & (key >= 0))
                 last[rows, key[rows]] = t_days[rows]
+                seen[rows, key[rows]] = seen[rows, width + key[rows]] = 0.0  # the new event: 0 days since
             if alive.any():
                 out.append((slot_user[alive], t_next[alive], type_[alive], marks[alive], amount[alive]))
             finished = active & (~alive | np.isin(type_, self.terminal))
             time_s = np.where(alive, t_next, time_s)
             steps += 1
             token = self._event_tokens(type_, marks, cal_next, np.log(gap_h), amount_z, ctx_next, time_s, start_s,
-                                       recency(t_days, last))
+                                       seen)
             if finished.any():
                 done_users += int(finished.sum())
                 slots = np.flatnonzero(finished)
@@ -177,7 +180,7 @@ class Sampler:
                 "marks": torch.zeros((rows, len(cfg.mark_sizes)), dtype=torch.long),
                 "calendar": torch.from_numpy(np.repeat(kernels.calendar(np.array([start_s])), rows, axis=0)),
                 "cont": torch.zeros((rows, 2 + cfg.n_context)),
-                "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, cfg.n_recency), NEVER))).float(),
+                "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, self.schema.recency_size), NEVER))),
                 "time_days": torch.zeros(rows)}
 
     def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s, recency_now):
@@ -190,15 +193,14 @@ class Sampler:
     def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
               start_s: float):
         model = self.model
-        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 2)
-        gap_h = np.maximum(kernels.sample_lognormal_mixture(*mixture_numpy(model.time_head(h)), u[:, 0], u[:, 1]),
-                           MIN_GAP_HOURS)
+        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
+        gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
         t_next = time_s + gap_h * 3600.0
         cal_next = kernels.calendar(t_next)
         ctx_next = context_at(t_next, self.context, self.schema)
-        query_recency = recency((t_next - start_s) / 86400.0, last).astype(np.float32)
+        seen = recency((t_next - start_s) / 86400.0, last)  # as of the next event, before it
         q = model.query(h, torch.from_numpy(cal_next), torch.from_numpy(np.log(gap_h).astype(np.float32)),
-                        torch.from_numpy(ctx_next), torch.from_numpy(query_recency))
+                        torch.from_numpy(ctx_next), torch.from_numpy(seen))
         probs = torch.softmax(model.type_head(q).double(), -1).numpy()
         type_ = kernels.sample_categorical(probs, kernels.uniforms(self.seed, users, steps, PURPOSE_TYPE, 1)[:, 0])
         cond = q + model.next_type_emb(torch.from_numpy(type_))
@@ -216,8 +218,9 @@ class Sampler:
                                               u_amount[:, 0], u_amount[:, 1])
             which = self.amount_slot[type_[carries]]
             amount_z[carries] = z
-            amount[carries] = np.round(np.expm1(z * self.amount_std[which] + self.amount_mean[which]), 2)
-        return gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z
+            log_amount = np.maximum(z * self.amount_std[which] + self.amount_mean[which], 0.0)  # magnitudes: >= 0
+            amount[carries] = np.round(np.expm1(log_amount), 2)
+        return gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen
 
 
 def generate(model_dir: str | Path, config: GenerateConfig,

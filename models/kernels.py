@@ -4,6 +4,7 @@
 * ``uniforms``: counter-based random numbers keyed by (seed, user, step, purpose), so that a user's draws
   do not depend on which other users share the batch (common random numbers across scenarios).
 * ``sample_categorical`` / ``sample_lognormal_mixture`` / ``sample_normal_mixture``: inverse-CDF draws.
+* ``recency_features``: the model's days-since inputs, log and linear, in one pass.
 """
 
 from __future__ import annotations
@@ -135,3 +136,16 @@ def sample_normal_mixture(weights, means, log_scales, u_component, u_value):
 def sample_lognormal_mixture(weights, log_means, log_scales, u_component, u_value):
     """One positive draw per row from a log-normal mixture."""
     return np.exp(sample_normal_mixture(weights, log_means, log_scales, u_component, u_value))
+
+
+@nb.njit(cache=True)
+def recency_features(now_days, last_days, linear_cap):
+    """(n, 2k) float32: log(1 + days since) and min(days since, cap) / 7 for every row's k last times."""
+    n, k = last_days.shape
+    out = np.empty((n, 2 * k), dtype=np.float32)
+    for i in range(n):
+        for j in range(k):
+            since = max(now_days[i] - last_days[i, j], 0.0)
+            out[i, j] = math.log1p(since)
+            out[i, k + j] = min(since, linear_cap) / 7.0
+    return out

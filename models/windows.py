@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import kernels
+from models import kernels, time_head
 from models.encoding import NEVER, EncodedLog
 
 NONE, EVENT, CENSOR = 0, 1, 2
@@ -76,6 +76,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     kind = np.where(is_event, EVENT, np.where(is_censor, CENSOR, NONE))
     target_log_gap = np.where(is_event, log.log_gap[target], np.log(censor_gap_h)[:, None])
     target_days = (log.time_s[target] - bos_time_s) / 86400.0
+    clock = time_head.clock_hours(tok_time)
+    target_bin, bin_log_width, bin_frac = time_head.grid_position(clock, np.exp(target_log_gap.astype(np.float64)))
 
     def t(x, dtype=None):
         tensor = torch.from_numpy(np.ascontiguousarray(x))
@@ -96,6 +98,11 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "static_num": t(log.static_num[users], torch.float32),
         "target_kind": t(kind, torch.long),
         "target_log_gap": t(target_log_gap, torch.float32),
+        "clock_hour": t(np.floor(clock), torch.long),
+        "grid_day": t(time_head.utc_day(tok_time), torch.long),
+        "target_bin": t(target_bin, torch.long),
+        "target_bin_log_width": t(bin_log_width, torch.float32),
+        "target_bin_frac": t(bin_frac, torch.float32),
         "target_type": t(log.event_type[target], torch.long),
         "target_marks": t(log.marks[target], torch.long),
         "target_amount_z": t(log.amount_z[target], torch.float32),
@@ -105,6 +112,14 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     }
 
 
+RECENCY_LINEAR_DAYS = 63.0  # the linear channel resolves days since up to this, then saturates
+
+
 def recency(now_days: np.ndarray, last_days: np.ndarray) -> np.ndarray:
-    """log(1 + days since each type / mark value last occurred), seen from ``now_days``."""
-    return np.log1p(np.maximum(now_days[..., None] - last_days, 0.0))
+    """Days since each recency column's last occurrence, seen from ``now_days``, twice: log(1 + days)
+    (long memory) and days / 7 capped at nine weeks, which resolves the day and hour of a payday cycle.
+    Shape (..., 2 x columns), float32."""
+    k = last_days.shape[-1]
+    flat = kernels.recency_features(np.ascontiguousarray(now_days, dtype=np.float64).reshape(-1),
+                                    np.ascontiguousarray(last_days).reshape(-1, k), RECENCY_LINEAR_DAYS)
+    return flat.reshape(*last_days.shape[:-1], 2 * k)
