@@ -33,7 +33,7 @@ class ModelConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
-    window: int = 64  # events of context
+    window: int = 32  # events of context
     mixture: int = 8  # components of the gap and amount mixtures
     dropout: float = 0.0
     # sizes from the schema
