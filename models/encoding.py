@@ -22,6 +22,7 @@ from models.event_log import AMOUNT, EventLog
 NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
 CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days to month end
+RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately" (a salary cycle, offer fatigue)
 NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
 SPLITS = ("train", "validation", "holdout")
 
@@ -118,6 +119,7 @@ class EncodedLog:
     calendar: np.ndarray  # (events, 5) int64
     context: np.ndarray  # (events, context columns) float32, standardised
     last_days: np.ndarray  # (events, recency size) float32: when each type / mark value last occurred
+    recent: np.ndarray  # (events, recency size) float32: decayed counts of each, just after the event
     static_cat: np.ndarray  # (users, categorical attributes) int64
     static_num: np.ndarray  # (users, numeric attributes) float32, standardised
     window_end_s: float = 0.0
@@ -137,7 +139,7 @@ class EncodedLog:
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         index = np.repeat(self.offsets[users], counts) + within
         per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context",
-                     "last_days")
+                     "last_days", "recent")
         return EncodedLog(
             user_ids=self.user_ids[users],
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
@@ -269,6 +271,9 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         calendar=kernels.calendar(time_s),
         context=context_at(time_s, log.context, schema),
         last_days=last_occurrence(schema, event_type, marks, (time_s - schema.window_start_s) / 86400.0, offsets),
+        recent=kernels.decayed_counts(np.stack(schema.recency_keys(event_type, marks), axis=1),
+                                      (time_s - schema.window_start_s) / 86400.0, offsets, schema.recency_size,
+                                      RECENT_DAYS),
         static_cat=static_cat,
         static_num=static_num,
         window_end_s=schema.window_end_s,

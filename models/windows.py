@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models import kernels, time_head
-from models.encoding import NEVER, EncodedLog
+from models.encoding import NEVER, RECENT_DAYS, EncodedLog
 
 NONE, EVENT, CENSOR = 0, 1, 2
 
@@ -64,6 +64,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     tok_time = tokens(log.time_s, bos_time_s)
     tok_days = (tok_time - bos_time_s) / 86400.0
     tok_last = tokens(log.last_days, NEVER)
+    tok_recent = tokens(log.recent, 0.0)
 
     # Targets: token p predicts relative event j = start + p (p = 0 .. W).
     j = start[:, None] + np.arange(window + 1)[None, :]
@@ -91,8 +92,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "cont": t(np.concatenate([tokens(log.log_gap, 0.0)[..., None], tokens(log.amount_z, 0.0)[..., None],
                                   tokens(log.context, 0.0)], axis=2), torch.float32),
         "time_days": t(tok_days, torch.float32),
-        "recency": t(recency(tok_days, tok_last), torch.float32),
-        "query_recency": t(recency(target_days, tok_last), torch.float32),
+        "recency": t(recency(tok_days, tok_last, tok_recent, np.ones_like(tok_days))),
+        "query_recency": t(recency(target_days, tok_last, tok_recent, np.exp((tok_days - target_days) / RECENT_DAYS))),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
@@ -115,11 +116,14 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
 RECENCY_LINEAR_DAYS = 63.0  # the linear channel resolves days since up to this, then saturates
 
 
-def recency(now_days: np.ndarray, last_days: np.ndarray) -> np.ndarray:
-    """Days since each recency column's last occurrence, seen from ``now_days``, twice: log(1 + days)
-    (long memory) and days / 7 capped at nine weeks, which resolves the day and hour of a payday cycle.
-    Shape (..., 2 x columns), float32."""
+def recency(now_days: np.ndarray, last_days: np.ndarray, recent: np.ndarray, decay: np.ndarray) -> np.ndarray:
+    """The long-memory inputs as seen from ``now_days``, per recency column: the days since it last happened,
+    twice - log(1 + days) and days / 7 capped at nine weeks (which resolves the day and hour of a payday
+    cycle) - and log(1 + its decayed count), the count ``recent`` as of the last event times ``decay``
+    (exp(-days since that event / RECENT_DAYS)). Shape (..., 3 x columns), float32."""
     k = last_days.shape[-1]
     flat = kernels.recency_features(np.ascontiguousarray(now_days, dtype=np.float64).reshape(-1),
-                                    np.ascontiguousarray(last_days).reshape(-1, k), RECENCY_LINEAR_DAYS)
-    return flat.reshape(*last_days.shape[:-1], 2 * k)
+                                    np.ascontiguousarray(last_days).reshape(-1, k),
+                                    np.ascontiguousarray(recent).reshape(-1, k),
+                                    np.ascontiguousarray(decay, dtype=np.float64).reshape(-1), RECENCY_LINEAR_DAYS)
+    return flat.reshape(*last_days.shape[:-1], 3 * k)
