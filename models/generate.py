@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 
 from models import kernels
-from models.encoding import MIN_GAP_HOURS, NEVER, RECENT_DAYS, Schema, context_at, static_arrays
+from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at, static_arrays
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
 from models.time_head import mixture_numpy
 from models.transformer import EventTransformer, KVCache
-from models.windows import recency
+from models.windows import decay_over, recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
 
@@ -130,7 +130,7 @@ class Sampler:
             h = model.step(token, static, cache)
             gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen = self._draw(
                 h, slot_user, steps, time_s, last, recent, start_s)
-            decay = np.exp(-(t_next - time_s) / (86400.0 * RECENT_DAYS))
+            decay = decay_over(gap_h / 24.0)
             alive = active & (t_next < end_s)
             t_days = (t_next - start_s) / 86400.0
             recent[alive] *= decay[alive, None]
@@ -199,16 +199,14 @@ class Sampler:
                 "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
 
     def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
-              recent: np.ndarray,
-              start_s: float):
+              recent: np.ndarray, start_s: float):
         model = self.model
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
         gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
         t_next = time_s + gap_h * 3600.0
         cal_next = kernels.calendar(t_next)
         ctx_next = context_at(t_next, self.context, self.schema)
-        seen = recency((t_next - start_s) / 86400.0, last, recent,  # as of the next event, before it
-                       np.exp(-(t_next - time_s) / (86400.0 * RECENT_DAYS)))
+        seen = recency((t_next - start_s) / 86400.0, last, recent, decay_over(gap_h / 24.0))  # before the event
         q = model.query(h, torch.from_numpy(cal_next), torch.from_numpy(np.log(gap_h).astype(np.float32)),
                         torch.from_numpy(ctx_next), torch.from_numpy(seen))
         probs = torch.softmax(model.type_head(q).double(), -1).numpy()

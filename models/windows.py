@@ -93,7 +93,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
                                   tokens(log.context, 0.0)], axis=2), torch.float32),
         "time_days": t(tok_days, torch.float32),
         "recency": t(recency(tok_days, tok_last, tok_recent, np.ones_like(tok_days))),
-        "query_recency": t(recency(target_days, tok_last, tok_recent, np.exp((tok_days - target_days) / RECENT_DAYS))),
+        "query_recency": t(recency(target_days, tok_last, tok_recent, decay_over(target_days - tok_days))),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
@@ -114,6 +114,11 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
 
 
 RECENCY_LINEAR_DAYS = 63.0  # the linear channel resolves days since up to this, then saturates
+
+
+def decay_over(days: np.ndarray) -> np.ndarray:
+    """How much a decayed count shrinks over ``days``: exp(-days / RECENT_DAYS)."""
+    return np.exp(-np.asarray(days, dtype=np.float64) / RECENT_DAYS)
 
 
 def recency(now_days: np.ndarray, last_days: np.ndarray, recent: np.ndarray, decay: np.ndarray) -> np.ndarray:
