@@ -259,6 +259,8 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         rows = (event_type == type_index[t]) & ~np.isnan(amount)
         amount_z[rows] = (np.log1p(np.abs(amount[rows])) - schema.amount_log_mean[t]) / schema.amount_log_std[t]
     static_cat, static_num = static_arrays(_user_rows(log, user_ids), schema)
+    keys = schema.recency_keys(event_type, marks)
+    days = (time_s - schema.window_start_s) / 86400.0
     return EncodedLog(
         user_ids=np.asarray(user_ids, dtype=object),
         offsets=offsets,
@@ -270,28 +272,26 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         amount_z=amount_z,
         calendar=kernels.calendar(time_s),
         context=context_at(time_s, log.context, schema),
-        last_days=last_occurrence(schema, event_type, marks, (time_s - schema.window_start_s) / 86400.0, offsets),
-        recent=kernels.decayed_counts(np.stack(schema.recency_keys(event_type, marks), axis=1),
-                                      (time_s - schema.window_start_s) / 86400.0, offsets, schema.recency_size,
-                                      RECENT_DAYS),
+        last_days=last_occurrence(schema.recency_size, keys, days, offsets),
+        recent=kernels.decayed_counts(np.stack(keys, axis=1), days, offsets, schema.recency_size, RECENT_DAYS),
         static_cat=static_cat,
         static_num=static_num,
         window_end_s=schema.window_end_s,
     )
 
 
-def last_occurrence(schema: Schema, event_type: np.ndarray, marks: np.ndarray, days: np.ndarray,
-                    offsets: np.ndarray) -> np.ndarray:
-    """(events, recency size): for every event, the time (days since the window start) at which each event
-    type and each mark value last occurred for the same user, this event included; NEVER if not yet.
+def last_occurrence(size: int, keys: list[np.ndarray], days: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(events, size): for every event, the time (days since the window start) at which each recency column
+    (``keys`` from :meth:`Schema.recency_keys`) was last set for the same user, this event included;
+    NEVER if not yet.
 
     These are the model's long memory: "days since the last income" makes paydays, "days since the last
     mortgage inquiry" makes life-stage chains, whatever the attention window holds."""
-    n = len(event_type)
-    out = np.full((n, schema.recency_size), NEVER, dtype=np.float32)
+    n = len(days)
+    out = np.full((n, size), NEVER, dtype=np.float32)
     user_start = np.repeat(offsets[:-1], np.diff(offsets))
     position = np.arange(n)
-    for key in schema.recency_keys(event_type, marks):
+    for key in keys:
         for column in np.unique(key[key >= 0]):
             last = np.maximum.accumulate(np.where(key == column, position, -1))
             seen = last >= user_start
