@@ -128,7 +128,7 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
 @click.option("--d-model", default=64, show_default=True, help="Width of the transformer.")
 @click.option("--layers", default=2, show_default=True, help="Transformer blocks.")
 @click.option("--heads", default=4, show_default=True, help="Attention heads (one always has long memory).")
-@click.option("--window", default=64, show_default=True, help="Events of context the model sees.")
+@click.option("--window", default=32, show_default=True, help="Events of context the model sees.")
 @click.option("--max-train-users", type=int, default=None, help="Train on a random subset of the training users.")
 @click.option("--terminal", multiple=True,
               help="Terminal event type(s); default: detected (always a user's last event).")

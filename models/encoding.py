@@ -9,7 +9,8 @@ The :class:`Schema` is saved with a model as JSON; :func:`encode` applies it to 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from models.event_log import AMOUNT, EventLog
 NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
 CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days to month end
+RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately" (a salary cycle, offer fatigue)
 NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
 SPLITS = ("train", "validation", "holdout")
 
@@ -44,7 +46,9 @@ class Schema:
     window_end: str
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    version: int = 1
+    # (event type code, mark index, value code) combinations that get a recency feature of their own
+    recency_pairs: list[list[int]] = field(default_factory=list)
+    version: int = 2
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,18 +78,30 @@ class Schema:
 
     @property
     def recency_size(self) -> int:
-        """One recency feature per event type and per mark value (see :func:`last_occurrence`)."""
-        return len(self.event_types) + sum(len(v) - 1 for v in self.marks.values())
+        """One recency column per event type, per mark value and per (type, mark value) pair in
+        ``recency_pairs`` (see :func:`last_occurrence`)."""
+        return len(self.event_types) + sum(len(v) - 1 for v in self.marks.values()) + len(self.recency_pairs)
 
     def recency_keys(self, event_type: np.ndarray, marks: np.ndarray) -> list[np.ndarray]:
-        """For each recency feature, the column index it sets for events (-1 where none):
-        [type, then each mark's value]."""
+        """For each group of recency columns, the column each event sets (-1 where none): the event's type,
+        then each mark's value, then for each mark the (type, value) pair."""
         keys = [event_type]
         start = len(self.event_types)
         for j, vocab in enumerate(self.marks.values()):
             keys.append(np.where(marks[:, j] > 0, start + marks[:, j] - 1, -1))
             start += len(vocab) - 1
+        for j, lookup in enumerate(self._pair_columns):
+            keys.append(lookup[event_type, marks[:, j]])
         return keys
+
+    @cached_property
+    def _pair_columns(self) -> list[np.ndarray]:
+        """Per mark, a (types, values) table of the pairs' recency columns (-1 elsewhere)."""
+        start = len(self.event_types) + sum(len(v) - 1 for v in self.marks.values())
+        tables = [np.full((len(self.event_types), len(v)), -1, np.int64) for v in self.marks.values()]
+        for i, (t, j, v) in enumerate(self.recency_pairs):
+            tables[j][t, v] = start + i
+        return tables
 
 
 @dataclass
@@ -103,6 +119,7 @@ class EncodedLog:
     calendar: np.ndarray  # (events, 5) int64
     context: np.ndarray  # (events, context columns) float32, standardised
     last_days: np.ndarray  # (events, recency size) float32: when each type / mark value last occurred
+    recent: np.ndarray  # (events, recency size) float32: decayed counts of each, just after the event
     static_cat: np.ndarray  # (users, categorical attributes) int64
     static_num: np.ndarray  # (users, numeric attributes) float32, standardised
     window_end_s: float = 0.0
@@ -122,7 +139,7 @@ class EncodedLog:
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         index = np.repeat(self.offsets[users], counts) + within
         per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context",
-                     "last_days")
+                     "last_days", "recent")
         return EncodedLog(
             user_ids=self.user_ids[users],
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
@@ -159,10 +176,11 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
             context_std.append(float(log.context[column].std() or 1.0))
     start = ev["timestamp"].min().floor("D")
     end = ev["timestamp"].max().floor("D") + pd.Timedelta(days=1)
+    marks = {m: [NONE, *sorted(map(str, ev[m].dropna().unique()))] for m in log.marks}
     return Schema(
         event_types=types,
         terminal_types=sorted(terminal),
-        marks={m: [NONE, *sorted(map(str, ev[m].dropna().unique()))] for m in log.marks},
+        marks=marks,
         amount_types=list(log.amount_types),
         amount_log_mean={t: float(a.mean()) for t, a in log_amounts.items()},
         amount_log_std={t: float(a.std() or 1.0) for t, a in log_amounts.items()},
@@ -174,7 +192,26 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
         window_start=start.isoformat(),
         window_end=end.isoformat(),
         split_seed=split_seed,
+        recency_pairs=recency_pairs(ev, types, marks),
     )
+
+
+def recency_pairs(events: pd.DataFrame, types: list[str], marks: dict[str, list[str]],
+                  min_count: int = 20) -> list[list[int]]:
+    """The (type, mark value) combinations seen at least ``min_count`` times in a type that shows more
+    than one value of that mark: "days since the last *mortgage inquiry*" rather than since anything
+    about mortgages (offers shown included) or any inquiry. This is what life-stage chains key on."""
+    pairs = []
+    for j, (name, vocab) in enumerate(marks.items()):
+        counts = events.groupby([events["event_type"].astype(str), events[name].astype(str)], observed=True).size()
+        for t, type_name in enumerate(types):
+            if type_name not in counts.index.get_level_values(0):
+                continue
+            values = counts.loc[type_name]
+            values = values[values.index.isin(vocab[1:]) & (values >= min_count)]
+            if len(values) > 1:
+                pairs += [[t, j, vocab.index(v)] for v in sorted(values.index)]
+    return pairs
 
 
 def detect_terminal_types(events: pd.DataFrame, min_count: int = 5) -> list[str]:
@@ -222,6 +259,8 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         rows = (event_type == type_index[t]) & ~np.isnan(amount)
         amount_z[rows] = (np.log1p(np.abs(amount[rows])) - schema.amount_log_mean[t]) / schema.amount_log_std[t]
     static_cat, static_num = static_arrays(_user_rows(log, user_ids), schema)
+    keys = schema.recency_keys(event_type, marks)
+    days = (time_s - schema.window_start_s) / 86400.0
     return EncodedLog(
         user_ids=np.asarray(user_ids, dtype=object),
         offsets=offsets,
@@ -233,25 +272,26 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         amount_z=amount_z,
         calendar=kernels.calendar(time_s),
         context=context_at(time_s, log.context, schema),
-        last_days=last_occurrence(schema, event_type, marks, (time_s - schema.window_start_s) / 86400.0, offsets),
+        last_days=last_occurrence(schema.recency_size, keys, days, offsets),
+        recent=kernels.decayed_counts(np.stack(keys, axis=1), days, offsets, schema.recency_size, RECENT_DAYS),
         static_cat=static_cat,
         static_num=static_num,
         window_end_s=schema.window_end_s,
     )
 
 
-def last_occurrence(schema: Schema, event_type: np.ndarray, marks: np.ndarray, days: np.ndarray,
-                    offsets: np.ndarray) -> np.ndarray:
-    """(events, recency size): for every event, the time (days since the window start) at which each event
-    type and each mark value last occurred for the same user, this event included; NEVER if not yet.
+def last_occurrence(size: int, keys: list[np.ndarray], days: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(events, size): for every event, the time (days since the window start) at which each recency column
+    (``keys`` from :meth:`Schema.recency_keys`) was last set for the same user, this event included;
+    NEVER if not yet.
 
     These are the model's long memory: "days since the last income" makes paydays, "days since the last
     mortgage inquiry" makes life-stage chains, whatever the attention window holds."""
-    n = len(event_type)
-    out = np.full((n, schema.recency_size), NEVER, dtype=np.float32)
+    n = len(days)
+    out = np.full((n, size), NEVER, dtype=np.float32)
     user_start = np.repeat(offsets[:-1], np.diff(offsets))
     position = np.arange(n)
-    for key in schema.recency_keys(event_type, marks):
+    for key in keys:
         for column in np.unique(key[key >= 0]):
             last = np.maximum.accumulate(np.where(key == column, position, -1))
             seen = last >= user_start

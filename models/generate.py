@@ -23,8 +23,9 @@ from models import kernels
 from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at, static_arrays
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
-from models.transformer import EventTransformer, KVCache, mixture_numpy
-from models.windows import recency
+from models.time_head import mixture_numpy
+from models.transformer import EventTransformer, KVCache
+from models.windows import decay_over, recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
 
@@ -118,7 +119,8 @@ class Sampler:
         static = static_all[torch.from_numpy(slot_user)]
         time_s = np.full(width, start_s)
         steps = np.zeros(width, dtype=np.int64)
-        last = np.full((width, self.schema.recency_size), NEVER)  # days since start_s, per type / mark value
+        last = np.full((width, self.schema.recency_size), NEVER)  # days since start_s, per recency column
+        recent = np.zeros((width, self.schema.recency_size))  # decayed counts per column, as of time_s
         token = self._bos_tokens(width, start_s)
         cache.reset(torch.arange(width))
         active = np.ones(width, dtype=bool)
@@ -126,20 +128,27 @@ class Sampler:
         done_users = 0
         while active.any():
             h = model.step(token, static, cache)
-            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z = self._draw(
-                h, slot_user, steps, time_s, last, start_s)
+            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen = self._draw(
+                h, slot_user, steps, time_s, last, recent, start_s)
+            decay = decay_over(gap_h / 24.0)
             alive = active & (t_next < end_s)
             t_days = (t_next - start_s) / 86400.0
+            recent[alive] *= decay[alive, None]
+            k = last.shape[1]
             for key in self.schema.recency_keys(type_, marks):
                 rows = np.flatnonzero(alive & (key >= 0))
-                last[rows, key[rows]] = t_days[rows]
+                cols = key[rows]
+                last[rows, cols] = t_days[rows]
+                recent[rows, cols] += 1.0
+                seen[rows, cols] = seen[rows, k + cols] = 0.0  # the new event: 0 days since, one more lately
+                seen[rows, 2 * k + cols] = np.log1p(recent[rows, cols])
             if alive.any():
                 out.append((slot_user[alive], t_next[alive], type_[alive], marks[alive], amount[alive]))
             finished = active & (~alive | np.isin(type_, self.terminal))
             time_s = np.where(alive, t_next, time_s)
             steps += 1
             token = self._event_tokens(type_, marks, cal_next, np.log(gap_h), amount_z, ctx_next, time_s, start_s,
-                                       recency(t_days, last))
+                                       seen)
             if finished.any():
                 done_users += int(finished.sum())
                 slots = np.flatnonzero(finished)
@@ -149,7 +158,7 @@ class Sampler:
                     pending += len(refill)
                     slot_user[refill] = new_users
                     static[torch.from_numpy(refill)] = static_all[torch.from_numpy(new_users)]
-                    time_s[refill], steps[refill], last[refill] = start_s, 0, NEVER
+                    time_s[refill], steps[refill], last[refill], recent[refill] = start_s, 0, NEVER, 0.0
                     cache.reset(torch.from_numpy(refill))
                     bos = self._bos_tokens(len(refill), start_s)
                     for k in token:
@@ -162,7 +171,8 @@ class Sampler:
                     rows = torch.from_numpy(keep)
                     cache.select(rows)
                     static, token = static[rows], {k: v[rows] for k, v in token.items()}
-                    slot_user, time_s, steps, last, active = (x[keep] for x in (slot_user, time_s, steps, last, active))
+                    slot_user, time_s, steps, last, recent, active = (
+                        x[keep] for x in (slot_user, time_s, steps, last, recent, active))
         if not out:
             empty = np.empty(0)
             return {"user": empty.astype(np.int64), "time_s": empty, "type": empty.astype(np.int64),
@@ -177,7 +187,8 @@ class Sampler:
                 "marks": torch.zeros((rows, len(cfg.mark_sizes)), dtype=torch.long),
                 "calendar": torch.from_numpy(np.repeat(kernels.calendar(np.array([start_s])), rows, axis=0)),
                 "cont": torch.zeros((rows, 2 + cfg.n_context)),
-                "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, cfg.n_recency), NEVER))).float(),
+                "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, self.schema.recency_size), NEVER),
+                                                    np.zeros((rows, self.schema.recency_size)), np.ones(rows))),
                 "time_days": torch.zeros(rows)}
 
     def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s, recency_now):
@@ -188,17 +199,16 @@ class Sampler:
                 "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
 
     def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
-              start_s: float):
+              recent: np.ndarray, start_s: float):
         model = self.model
-        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 2)
-        gap_h = np.maximum(kernels.sample_lognormal_mixture(*mixture_numpy(model.time_head(h)), u[:, 0], u[:, 1]),
-                           MIN_GAP_HOURS)
+        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
+        gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
         t_next = time_s + gap_h * 3600.0
         cal_next = kernels.calendar(t_next)
         ctx_next = context_at(t_next, self.context, self.schema)
-        query_recency = recency((t_next - start_s) / 86400.0, last).astype(np.float32)
+        seen = recency((t_next - start_s) / 86400.0, last, recent, decay_over(gap_h / 24.0))  # before the event
         q = model.query(h, torch.from_numpy(cal_next), torch.from_numpy(np.log(gap_h).astype(np.float32)),
-                        torch.from_numpy(ctx_next), torch.from_numpy(query_recency))
+                        torch.from_numpy(ctx_next), torch.from_numpy(seen))
         probs = torch.softmax(model.type_head(q).double(), -1).numpy()
         type_ = kernels.sample_categorical(probs, kernels.uniforms(self.seed, users, steps, PURPOSE_TYPE, 1)[:, 0])
         cond = q + model.next_type_emb(torch.from_numpy(type_))
@@ -216,8 +226,9 @@ class Sampler:
                                               u_amount[:, 0], u_amount[:, 1])
             which = self.amount_slot[type_[carries]]
             amount_z[carries] = z
-            amount[carries] = np.round(np.expm1(z * self.amount_std[which] + self.amount_mean[which]), 2)
-        return gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z
+            log_amount = np.maximum(z * self.amount_std[which] + self.amount_mean[which], 0.0)  # magnitudes: >= 0
+            amount[carries] = np.round(np.expm1(log_amount), 2)
+        return gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen
 
 
 def generate(model_dir: str | Path, config: GenerateConfig,

@@ -4,6 +4,7 @@
 * ``uniforms``: counter-based random numbers keyed by (seed, user, step, purpose), so that a user's draws
   do not depend on which other users share the batch (common random numbers across scenarios).
 * ``sample_categorical`` / ``sample_lognormal_mixture`` / ``sample_normal_mixture``: inverse-CDF draws.
+* ``recency_features`` / ``decayed_counts``: the model's long-memory inputs (days since, recent counts).
 """
 
 from __future__ import annotations
@@ -135,3 +136,37 @@ def sample_normal_mixture(weights, means, log_scales, u_component, u_value):
 def sample_lognormal_mixture(weights, log_means, log_scales, u_component, u_value):
     """One positive draw per row from a log-normal mixture."""
     return np.exp(sample_normal_mixture(weights, log_means, log_scales, u_component, u_value))
+
+
+@nb.njit(cache=True)
+def recency_features(now_days, last_days, recent, decay, linear_cap):
+    """(n, 3k) float32 for every row's k recency columns: log(1 + days since), min(days since, cap) / 7 and
+    log(1 + the decayed count ``recent`` times ``decay``)."""
+    n, k = last_days.shape
+    out = np.empty((n, 3 * k), dtype=np.float32)
+    for i in range(n):
+        for j in range(k):
+            since = max(now_days[i] - last_days[i, j], 0.0)
+            out[i, j] = math.log1p(since)
+            out[i, k + j] = min(since, linear_cap) / 7.0
+            out[i, 2 * k + j] = math.log1p(recent[i, j] * decay[i])
+    return out
+
+
+@nb.njit(cache=True)
+def decayed_counts(keys, days, offsets, k, scale_days):
+    """(n, k) float32: per user, for every event, each column's count of past events (this one included)
+    with weights exp(-age / scale_days); ``keys`` (n, groups) holds the column each event sets (-1: none)."""
+    n, groups = keys.shape
+    out = np.zeros((n, k), dtype=np.float32)
+    state = np.zeros(k)
+    for u in range(len(offsets) - 1):
+        state[:] = 0.0
+        for i in range(offsets[u], offsets[u + 1]):
+            if i > offsets[u]:
+                state *= math.exp(-(days[i] - days[i - 1]) / scale_days)
+            for g in range(groups):
+                if keys[i, g] >= 0:
+                    state[keys[i, g]] += 1.0
+            out[i, :] = state
+    return out

@@ -4,7 +4,9 @@ Each step sees one token per event (type, marks, calendar, log gap, amount, cont
 static attributes, and predicts the next event in this order:
 
 1. the gap to the next event: a mixture of log-normals (Shchur et al., "Intensity-free learning of
-   temporal point processes"); past the window end this enters the likelihood as a survival term;
+   temporal point processes") blended with a grid of the clock hours of the next days, each day's hours
+   scored with that day's calendar (``time_head.py``); past the window end this enters the likelihood as
+   a survival term;
 2. its type, given the gap and the calendar and context of the time it lands on (paydays, hours);
 3. its marks and amount (a Gaussian mixture on the standardised log amount), given the type.
 
@@ -15,7 +17,6 @@ needs recomputing: generation slides its window by overwriting the oldest event.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -23,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoding import CALENDAR_SIZES
-from models.windows import CENSOR, EVENT
-
-LOG_SCALE_RANGE = (-7.0, 3.0)
+from models.time_head import TimeHead, mixture_log_prob
+from models.windows import EVENT, NONE
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ModelConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
-    window: int = 64  # events of context
+    window: int = 32  # events of context
     mixture: int = 8  # components of the gap and amount mixtures
     dropout: float = 0.0
     # sizes from the schema
@@ -157,23 +157,6 @@ class KVCache:
         self.slot = 1 + self.count % (self.valid.shape[1] - 1)
 
 
-def _mixture_log_prob(params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log density, log survival) of ``x`` under a Gaussian mixture given raw ``params`` (..., 3K)."""
-    logits, mu, log_scale = params.chunk(3, dim=-1)
-    log_w = F.log_softmax(logits, dim=-1)
-    log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
-    z = (x.unsqueeze(-1) - mu) / log_scale.exp()
-    log_pdf = -0.5 * z**2 - log_scale - 0.5 * math.log(2 * math.pi)
-    return torch.logsumexp(log_w + log_pdf, -1), torch.logsumexp(log_w + torch.special.log_ndtr(-z), -1)
-
-
-def mixture_numpy(params: torch.Tensor):
-    """(weights, means, log scales) as float64 numpy arrays for the Numba samplers."""
-    logits, mu, log_scale = params.double().chunk(3, dim=-1)
-    return (F.softmax(logits, -1).numpy(), mu.contiguous().numpy(),
-            log_scale.clamp(*LOG_SCALE_RANGE).contiguous().numpy())
-
-
 class EventTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -189,7 +172,7 @@ class EventTransformer(nn.Module):
         self.numeric = nn.Linear(cfg.n_numeric, d) if cfg.n_numeric else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
-        self.time_head = nn.Linear(d, 3 * k)
+        self.time = TimeHead(d, k)
         self.query_cal = nn.ModuleList(nn.Embedding(n, d) for n in CALENDAR_SIZES)
         self.query_cont = nn.Linear(1 + cfg.n_context, d)
         self.query_recency = nn.Linear(cfg.n_recency, d)
@@ -236,8 +219,10 @@ class EventTransformer(nn.Module):
         """
         h = self.hidden(batch)
         kind = batch["target_kind"]
-        log_pdf, log_surv = _mixture_log_prob(self.time_head(h), batch["target_log_gap"])
-        time = -(log_pdf * (kind == EVENT) + log_surv * (kind == CENSOR)).sum()
+        scored = kind != NONE  # tokens that only give context predict nothing
+        log_pdf, log_surv = self.time.log_prob(h[scored], *(batch[k][scored] for k in (
+            "grid_day", "clock_hour", "target_log_gap", "target_bin", "target_bin_log_width", "target_bin_frac")))
+        time = -torch.where(kind[scored] == EVENT, log_pdf, log_surv).sum()
         ev = kind == EVENT
         q = self.query(h[ev], batch["target_calendar"][ev], batch["target_log_gap"][ev], batch["target_context"][ev],
                        batch["query_recency"][ev])
@@ -247,7 +232,7 @@ class EventTransformer(nn.Module):
         marks = sum((F.cross_entropy(head(cond), batch["target_marks"][ev][:, i], reduction="sum")
                      for i, head in enumerate(self.mark_heads)), torch.zeros(()))
         has_amount = batch["target_has_amount"][ev]
-        amount_pdf, _ = _mixture_log_prob(self.amount_head(cond[has_amount]), batch["target_amount_z"][ev][has_amount])
+        amount_pdf, _ = mixture_log_prob(self.amount_head(cond[has_amount]), batch["target_amount_z"][ev][has_amount])
         return {"time": time, "type": type_, "marks": marks, "amount": -amount_pdf.sum(),
                 "events": ev.sum()}
 

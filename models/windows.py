@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import kernels
-from models.encoding import NEVER, EncodedLog
+from models import kernels, time_head
+from models.encoding import NEVER, RECENT_DAYS, EncodedLog
 
 NONE, EVENT, CENSOR = 0, 1, 2
 
@@ -64,6 +64,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     tok_time = tokens(log.time_s, bos_time_s)
     tok_days = (tok_time - bos_time_s) / 86400.0
     tok_last = tokens(log.last_days, NEVER)
+    tok_recent = tokens(log.recent, 0.0)
 
     # Targets: token p predicts relative event j = start + p (p = 0 .. W).
     j = start[:, None] + np.arange(window + 1)[None, :]
@@ -76,6 +77,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     kind = np.where(is_event, EVENT, np.where(is_censor, CENSOR, NONE))
     target_log_gap = np.where(is_event, log.log_gap[target], np.log(censor_gap_h)[:, None])
     target_days = (log.time_s[target] - bos_time_s) / 86400.0
+    clock = time_head.clock_hours(tok_time)
+    target_bin, bin_log_width, bin_frac = time_head.grid_position(clock, np.exp(target_log_gap.astype(np.float64)))
 
     def t(x, dtype=None):
         tensor = torch.from_numpy(np.ascontiguousarray(x))
@@ -89,13 +92,18 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "cont": t(np.concatenate([tokens(log.log_gap, 0.0)[..., None], tokens(log.amount_z, 0.0)[..., None],
                                   tokens(log.context, 0.0)], axis=2), torch.float32),
         "time_days": t(tok_days, torch.float32),
-        "recency": t(recency(tok_days, tok_last), torch.float32),
-        "query_recency": t(recency(target_days, tok_last), torch.float32),
+        "recency": t(recency(tok_days, tok_last, tok_recent, np.ones_like(tok_days))),
+        "query_recency": t(recency(target_days, tok_last, tok_recent, decay_over(target_days - tok_days))),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
         "target_kind": t(kind, torch.long),
         "target_log_gap": t(target_log_gap, torch.float32),
+        "clock_hour": t(np.floor(clock), torch.long),
+        "grid_day": t(time_head.utc_day(tok_time), torch.long),
+        "target_bin": t(target_bin, torch.long),
+        "target_bin_log_width": t(bin_log_width, torch.float32),
+        "target_bin_frac": t(bin_frac, torch.float32),
         "target_type": t(log.event_type[target], torch.long),
         "target_marks": t(log.marks[target], torch.long),
         "target_amount_z": t(log.amount_z[target], torch.float32),
@@ -105,6 +113,22 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     }
 
 
-def recency(now_days: np.ndarray, last_days: np.ndarray) -> np.ndarray:
-    """log(1 + days since each type / mark value last occurred), seen from ``now_days``."""
-    return np.log1p(np.maximum(now_days[..., None] - last_days, 0.0))
+RECENCY_LINEAR_DAYS = 63.0  # the linear channel resolves days since up to this, then saturates
+
+
+def decay_over(days: np.ndarray) -> np.ndarray:
+    """How much a decayed count shrinks over ``days``: exp(-days / RECENT_DAYS)."""
+    return np.exp(-np.asarray(days, dtype=np.float64) / RECENT_DAYS)
+
+
+def recency(now_days: np.ndarray, last_days: np.ndarray, recent: np.ndarray, decay: np.ndarray) -> np.ndarray:
+    """The long-memory inputs as seen from ``now_days``, per recency column: the days since it last happened,
+    twice - log(1 + days) and days / 7 capped at nine weeks (which resolves the day and hour of a payday
+    cycle) - and log(1 + its decayed count), the count ``recent`` as of the last event times ``decay``
+    (exp(-days since that event / RECENT_DAYS)). Shape (..., 3 x columns), float32."""
+    k = last_days.shape[-1]
+    flat = kernels.recency_features(np.ascontiguousarray(now_days, dtype=np.float64).reshape(-1),
+                                    np.ascontiguousarray(last_days).reshape(-1, k),
+                                    np.ascontiguousarray(recent).reshape(-1, k),
+                                    np.ascontiguousarray(decay, dtype=np.float64).reshape(-1), RECENCY_LINEAR_DAYS)
+    return flat.reshape(*last_days.shape[:-1], 3 * k)
