@@ -132,28 +132,40 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
 @click.option("--max-train-users", type=int, default=None, help="Train on a random subset of the training users.")
 @click.option("--terminal", multiple=True,
               help="Terminal event type(s); default: detected (always a user's last event).")
+@click.option("--dp-epsilon", type=float, default=None,
+              help="Train with user-level differential privacy (DP-SGD) to this epsilon; needs twinsim[dp].")
+@click.option("--dp-delta", type=float, default=1e-5, show_default=True, help="Delta of the DP guarantee.")
+@click.option("--dp-max-grad-norm", type=float, default=1.0, show_default=True,
+              help="DP: each user's gradient is clipped to this L2 norm.")
+@click.option("--dp-users-per-step", type=int, default=64, show_default=True,
+              help="DP: expected number of users drawn (Poisson) per step.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the user split, initialisation and shuffling.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size: int, lr: float, patience: int,
           d_model: int, layers: int, heads: int, window: int, max_train_users: int | None, terminal: tuple[str, ...],
+          dp_epsilon: float | None, dp_delta: float, dp_max_grad_norm: float, dp_users_per_step: int,
           seed: int, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train the event-sequence transformer (and the Markov baseline) on an event log.
 
     Users are split by a hash of their id into train / validation / holdout (80/10/10); the split is
     saved with the model. Each epoch prints the held-out NLL per event (time, type, marks, amount).
+    With --dp-epsilon, every step clips each drawn customer's whole-history gradient and adds noise;
+    the epsilon spent is written to model.json (docs/validation.md, "Differential privacy").
 
     \b
-    Example:
+    Examples:
       twinsim train runs/world -o runs/model --epochs 8
+      twinsim train runs/world -o runs/model-dp --dp-epsilon 8 --epochs 8
     """
     from models.event_log import load_event_log
     from models.training import TrainConfig
     from models.training import train as fit
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                         max_train_users=max_train_users)
+                         max_train_users=max_train_users, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+                         dp_max_grad_norm=dp_max_grad_norm, dp_users_per_step=dp_users_per_step)
     config.validate()
     log = load_event_log(data, users)
     for note in log.notes:
@@ -191,6 +203,9 @@ def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size:
     click.echo(f"holdout NLL per event: transformer {t['total']:.3f}, baseline {b['total']:.3f} "
                f"(time {t['time']:.3f} vs {b['time']:.3f}, type {t['type']:.3f} vs {b['type']:.3f}, "
                f"marks {t['marks']:.3f} vs {b['marks']:.3f}, amount {t['amount']:.3f} vs {b['amount']:.3f})")
+    if "privacy_epsilon" in metrics:
+        click.echo(f"differential privacy: epsilon {metrics['privacy_epsilon']:.3g} at delta {dp_delta:g} "
+                   "(user level, network weights; see model.json \"privacy\")")
     click.echo(f"model written to {output}")
 
 

@@ -25,7 +25,7 @@ from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
 from models.time_head import mixture_numpy
 from models.transformer import EventTransformer, KVCache
-from models.windows import decay_over, recency
+from models.windows import decay_over, mark_happened, recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
 
@@ -134,14 +134,12 @@ class Sampler:
             alive = active & (t_next < end_s)
             t_days = (t_next - start_s) / 86400.0
             recent[alive] *= decay[alive, None]
-            k = last.shape[1]
             for key in self.schema.recency_keys(type_, marks):
                 rows = np.flatnonzero(alive & (key >= 0))
                 cols = key[rows]
                 last[rows, cols] = t_days[rows]
                 recent[rows, cols] += 1.0
-                seen[rows, cols] = seen[rows, k + cols] = 0.0  # the new event: 0 days since, one more lately
-                seen[rows, 2 * k + cols] = np.log1p(recent[rows, cols])
+                mark_happened(seen, rows, cols, recent[rows, cols])
             if alive.any():
                 out.append((slot_user[alive], t_next[alive], type_[alive], marks[alive], amount[alive]))
             finished = active & (~alive | np.isin(type_, self.terminal))

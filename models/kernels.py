@@ -139,17 +139,30 @@ def sample_lognormal_mixture(weights, log_means, log_scales, u_component, u_valu
 
 
 @nb.njit(cache=True)
-def recency_features(now_days, last_days, recent, decay, linear_cap):
-    """(n, 3k) float32 for every row's k recency columns: log(1 + days since), min(days since, cap) / 7 and
-    log(1 + the decayed count ``recent`` times ``decay``)."""
+def recency_features(now_days, last_days, recent, decay, linear_cap, anchors):
+    """(n, (3 + a)k) float32 for every row's k recency columns: log(1 + days since), min(days since, cap) / 7,
+    log(1 + the decayed count ``recent`` times ``decay``), then log(1 + days since) spread over ``a`` hat
+    functions centred on ``anchors`` (log(1 + anchor days), increasing): at most two neighbouring hats are
+    non-zero and they sum to one, the last one holding everything beyond its anchor."""
     n, k = last_days.shape
-    out = np.empty((n, 3 * k), dtype=np.float32)
+    a = len(anchors)
+    out = np.zeros((n, (3 + a) * k), dtype=np.float32)
     for i in range(n):
         for j in range(k):
             since = max(now_days[i] - last_days[i, j], 0.0)
-            out[i, j] = math.log1p(since)
+            x = math.log1p(since)
+            out[i, j] = x
             out[i, k + j] = min(since, linear_cap) / 7.0
             out[i, 2 * k + j] = math.log1p(recent[i, j] * decay[i])
+            if x >= anchors[a - 1]:
+                out[i, (2 + a) * k + j] = 1.0
+                continue
+            b = 0
+            while x >= anchors[b + 1]:
+                b += 1
+            f = (x - anchors[b]) / (anchors[b + 1] - anchors[b])
+            out[i, (3 + b) * k + j] = 1.0 - f
+            out[i, (4 + b) * k + j] = f
     return out
 
 

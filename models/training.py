@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models import dp
 from models.artifacts import check_output_dir, write_json
 from models.baseline import MarkovBaseline
 from models.encoding import SPLITS, EncodedLog, Schema, encode, fit_schema, split_of
@@ -20,7 +21,7 @@ from models.errors import TwinsimError
 from models.event_log import EventLog
 from models.model_dir import save_atomic, write_manifest
 from models.transformer import EventTransformer, ModelConfig
-from models.windows import collate, make_windows, user_ended
+from models.windows import RECENCY_PER_COLUMN, collate, make_windows, user_ended
 
 PARTS = ("time", "type", "marks", "amount")
 
@@ -34,6 +35,10 @@ class TrainConfig:
     patience: int = 2  # epochs without validation improvement before stopping
     seed: int = 0
     max_train_users: int | None = None  # subsample the training split (quick runs)
+    dp_epsilon: float | None = None  # train with user-level DP-SGD to this epsilon (models/dp.py)
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0  # each user's gradient is clipped to this L2 norm
+    dp_users_per_step: int = 64  # expected users drawn per DP-SGD step
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -41,13 +46,20 @@ class TrainConfig:
                 raise TwinsimError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise TwinsimError(f"--lr must be positive (got {self.lr}); e.g. --lr 0.003")
+        if self.dp_epsilon is not None and not self.dp_epsilon > 0:
+            raise TwinsimError(f"--dp-epsilon must be positive (got {self.dp_epsilon}); e.g. --dp-epsilon 8")
+        if not 0 < self.dp_delta < 1:
+            raise TwinsimError(f"--dp-delta must be between 0 and 1 (got {self.dp_delta}); e.g. --dp-delta 1e-5")
+        if not self.dp_max_grad_norm > 0 or self.dp_users_per_step < 1:
+            raise TwinsimError("--dp-max-grad-norm must be positive and --dp-users-per-step at least 1 (got "
+                               f"{self.dp_max_grad_norm}, {self.dp_users_per_step})")
 
 
 def model_config_for(schema: Schema, **overrides) -> ModelConfig:
     cfg = ModelConfig(n_types=len(schema.event_types), mark_sizes=[len(v) for v in schema.marks.values()],
                       attribute_sizes=[len(v) for v in schema.categorical_attributes.values()],
                       n_numeric=len(schema.numeric_attributes), n_context=len(schema.context_columns),
-                      n_recency=3 * schema.recency_size, **overrides)
+                      n_recency=RECENCY_PER_COLUMN * schema.recency_size, **overrides)
     if cfg.d_model % cfg.n_heads:
         raise TwinsimError(f"--d-model ({cfg.d_model}) must be a multiple of --heads ({cfg.n_heads})")
     if cfg.window < 4 or cfg.window % 2:
@@ -139,7 +151,11 @@ def train(
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     win = make_windows(train_log, model_cfg.window)
     ended = user_ended(train_log, schema.terminal_codes)
-    steps_per_epoch = math.ceil(len(win.user) / config.batch_size)
+    privacy = None
+    if config.dp_epsilon is not None:
+        privacy = dp.PrivacyPlan.make(config.dp_epsilon, config.dp_delta, config.dp_max_grad_norm,
+                                      train_log.n_users, config.dp_users_per_step, config.epochs)
+    steps_per_epoch = privacy.steps_per_epoch if privacy else math.ceil(len(win.user) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
         1 + math.cos(math.pi * min(s, total_steps) / total_steps)) + 0.02)
@@ -170,32 +186,45 @@ def train(
                    "holdout_users": splits["holdout"].n_users, "windows": len(win.user),
                    "parameters": sum(p.numel() for p in model.parameters()),
                    "terminal_types": schema.terminal_types})
+    seen = dict.fromkeys((*PARTS, "events"), 0.0)  # this epoch's training NLL sums
+
+    user_rows = np.searchsorted(win.user, np.arange(train_log.n_users + 1))  # user u's windows: [u], [u + 1])
+
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        """Mean NLL per event of training windows ``rows`` (sums added to ``seen``)."""
+        parts = model.nll(collate(train_log, win, rows, model_cfg.window, ended, model.bos, schema.window_start_s))
+        for k in seen:
+            seen[k] += float(parts[k].detach())
+        return sum(parts[k] for k in PARTS) / parts["events"].clamp(min=1)
+
     for epoch in range(start_epoch, config.epochs):
         if stale >= config.patience:
             break
         started = time.perf_counter()
         model.train()
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(win.user))
         emit("epoch_start", {"epoch": epoch, "batches": steps_per_epoch})
-        seen = dict.fromkeys((*PARTS, "events"), 0.0)
-        for i in range(0, len(order), config.batch_size):
-            batch = collate(train_log, win, order[i:i + config.batch_size], model_cfg.window, ended, model.bos,
-                            schema.window_start_s)
-            parts = model.nll(batch)
-            loss = sum(parts[k] for k in PARTS) / parts["events"].clamp(min=1)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            schedule.step()
-            for k in seen:
-                seen[k] += float(parts[k].detach())
-            emit("batch", {"loss": loss.item()})
+        seen.update(dict.fromkeys(seen, 0.0))
+        if privacy is None:
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(win.user))
+            for i in range(0, len(order), config.batch_size):
+                loss = loss_of(order[i:i + config.batch_size])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimiser.step()
+                schedule.step()
+                emit("batch", {"loss": loss.item()})
+        else:
+            dp.run_epoch(model, optimiser, schedule, privacy, train_log.n_users,
+                         lambda u: loss_of(np.arange(user_rows[u], user_rows[u + 1])), config.seed, epoch,
+                         lambda drawn: emit("batch", {"users": drawn}))
         validation = evaluate(model, splits["validation"], schema)
         record = {"epoch": epoch, "train": per_event(seen), "validation": validation,
                   "seconds": round(time.perf_counter() - started, 1)}
         history.append(record)
-        if validation["total"] < best - 1e-4:
+        if privacy is not None:  # no selection on validation users: DP keeps the last epoch
+            save_atomic(model.state_dict(), out / "best.pt")
+        elif validation["total"] < best - 1e-4:
             best, stale = validation["total"], 0
             save_atomic(model.state_dict(), out / "best.pt")
         else:
@@ -216,7 +245,11 @@ def train(
         "events": {name: int(len(splits[name].event_type)) for name in SPLITS},
         "epochs_run": len(history),
     }
-    write_manifest(out, model, schema, {"train_config": asdict(config), "metrics": metrics, "history": history,
-                                        "data": [str(p) for p in log.event_files]})
+    extra = {"train_config": asdict(config), "metrics": metrics, "history": history,
+             "data": [str(p) for p in log.event_files]}
+    if privacy is not None:
+        extra["privacy"] = privacy.record(privacy.steps_per_epoch * len(history), train_log.n_users)
+        metrics["privacy_epsilon"] = extra["privacy"]["epsilon"]
+    write_manifest(out, model, schema, extra)
     emit("done", metrics)
     return metrics

@@ -114,6 +114,11 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
 
 
 RECENCY_LINEAR_DAYS = 63.0  # the linear channel resolves days since up to this, then saturates
+# The hat channel: days since, one input per anchor, so that a rise and fall in time since an event (an
+# insurance inquiry two to eight weeks after a mortgage inquiry) is a linear read-out, not a learned curve.
+RECENCY_ANCHOR_DAYS = (0.0, 1.0, 3.0, 7.0, 14.0, 30.0, 60.0, 120.0, 365.0)
+RECENCY_PER_COLUMN = 3 + len(RECENCY_ANCHOR_DAYS)
+_ANCHORS = np.log1p(np.array(RECENCY_ANCHOR_DAYS))
 
 
 def decay_over(days: np.ndarray) -> np.ndarray:
@@ -125,10 +130,23 @@ def recency(now_days: np.ndarray, last_days: np.ndarray, recent: np.ndarray, dec
     """The long-memory inputs as seen from ``now_days``, per recency column: the days since it last happened,
     twice - log(1 + days) and days / 7 capped at nine weeks (which resolves the day and hour of a payday
     cycle) - and log(1 + its decayed count), the count ``recent`` as of the last event times ``decay``
-    (exp(-days since that event / RECENT_DAYS)). Shape (..., 3 x columns), float32."""
+    (exp(-days since that event / RECENT_DAYS)) - and the days since once more on the hat channel
+    (RECENCY_ANCHOR_DAYS). Shape (..., RECENCY_PER_COLUMN x columns), float32."""
     k = last_days.shape[-1]
     flat = kernels.recency_features(np.ascontiguousarray(now_days, dtype=np.float64).reshape(-1),
                                     np.ascontiguousarray(last_days).reshape(-1, k),
                                     np.ascontiguousarray(recent).reshape(-1, k),
-                                    np.ascontiguousarray(decay, dtype=np.float64).reshape(-1), RECENCY_LINEAR_DAYS)
-    return flat.reshape(*last_days.shape[:-1], 3 * k)
+                                    np.ascontiguousarray(decay, dtype=np.float64).reshape(-1), RECENCY_LINEAR_DAYS,
+                                    _ANCHORS)
+    return flat.reshape(*last_days.shape[:-1], RECENCY_PER_COLUMN * k)
+
+
+def mark_happened(features: np.ndarray, rows: np.ndarray, cols: np.ndarray, recent: np.ndarray) -> None:
+    """Patch :func:`recency` features taken just before an event, in place, for the ``cols`` the event
+    itself sets (one per row): zero days since, and its decayed count ``recent`` now one higher."""
+    k = features.shape[-1] // RECENCY_PER_COLUMN
+    features[rows, cols] = features[rows, k + cols] = 0.0
+    features[rows, 2 * k + cols] = np.log1p(recent)
+    for b in range(len(RECENCY_ANCHOR_DAYS)):
+        features[rows, (3 + b) * k + cols] = 0.0
+    features[rows, 3 * k + cols] = 1.0

@@ -7,15 +7,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from models.event_log import load_event_log
 from simulator.reference_world import WorldConfig, generate_reference_world
+
+
+def _reference_world(tmp_path_factory, name: str, config: WorldConfig) -> Path:
+    out = tmp_path_factory.mktemp(name) / "world"
+    generate_reference_world(config, out)
+    return out
 
 
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory) -> Path:
     """A one-year reference world, small enough for the suite but large enough for the laws to show."""
-    out = tmp_path_factory.mktemp("world") / "world"
-    generate_reference_world(WorldConfig(users=2_000, days=365, seed=11), out)
-    return out
+    return _reference_world(tmp_path_factory, "world", WorldConfig(users=2_000, days=365, seed=11))
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +30,17 @@ def world(world_dir) -> dict[str, pd.DataFrame]:
     events["user_id"] = events["user_id"].astype(str)
     users["user_id"] = users["user_id"].astype(str)
     return {"events": events, "users": users, "macro": pd.read_parquet(world_dir / "context.parquet")}
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """400 users x 120 days: enough to train a tiny model in seconds."""
+    return _reference_world(tmp_path_factory, "small", WorldConfig(users=400, days=120, seed=3))
+
+
+@pytest.fixture(scope="session")
+def small_log(small_world):
+    return load_event_log(small_world)
 
 
 @pytest.fixture
