@@ -14,6 +14,7 @@ from scipy.stats import ks_2samp
 
 from cli import main
 from models.event_log import EventLog, load_event_log
+from models.model_dir import FORMAT, FORMAT_VERSION
 from models.validation import ValidationConfig, run_validation, sabotage
 from models.validation.accuracy import tvd
 from models.validation.features import user_features
@@ -135,9 +136,9 @@ def test_cli_writes_the_same_report_as_the_api_and_exits_0_when_all_gates_pass(r
 def test_cli_model_form_uses_the_saved_split_shows_dp_and_exits_1_on_a_failing_gate(run, real_parts, tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.json").write_text(json.dumps({"format": "twinsim-model", "format_version": 1,
+    (model / "model.json").write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
                                                   "schema": {"terminal_types": ["account_closed"]},
-                                                  "privacy": {"dp_epsilon": 3.0, "dp_delta": 1e-5}}))
+                                                  "privacy": {"epsilon": 3.0, "delta": 1e-5}}))
     split = pd.concat([pd.DataFrame({"user_id": pd.read_parquet(real_parts[name] / "users.parquet")["user_id"],
                                      "split": role}) for name, role in zip(PARTS, ("train", "holdout", "validation"),
                                                                            strict=True)])
