@@ -157,7 +157,8 @@ def train(
                                       train_log.n_users, config.dp_users_per_step, config.epochs)
     steps_per_epoch = privacy.steps_per_epoch if privacy else math.ceil(len(win.user) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
+    warmup = max(1, min(100, total_steps // 10))  # DP runs take few, large steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, total_steps) / total_steps)) + 0.02)
     history, start_epoch, best, stale = [], 0, math.inf, 0
     if resume:
