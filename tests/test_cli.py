@@ -116,3 +116,13 @@ def test_generate_refuses_a_directory_that_is_not_a_model(run, tmp_path):
     result = run("generate", tmp_path, "-o", tmp_path / "out")
     assert result.exit_code == 2 and "not a twinsim model directory" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("option", "message"), [(["--dp-epsilon", "-1"], "--dp-epsilon must be positive"),
+                                                 (["--dp-epsilon", "3", "--dp-delta", "0.5"], "--dp-delta 0.5")])
+def test_train_refuses_bad_privacy_options_and_writes_nothing(run, tmp_path, option, message):
+    world = tmp_path / "w"
+    assert run("reference-world", "--users", 40, "--days", 20, "-o", world, "--quiet").exit_code == 0
+    result = run("train", world, "-o", tmp_path / "m", *option, "--quiet")
+    assert result.exit_code == 2 and message in result.output and "e.g." in result.output
+    assert not (tmp_path / "m").exists()
