@@ -137,7 +137,7 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
 @click.option("--dp-delta", type=float, default=1e-5, show_default=True, help="Delta of the DP guarantee.")
 @click.option("--dp-max-grad-norm", type=float, default=1.0, show_default=True,
               help="DP: each user's gradient is clipped to this L2 norm.")
-@click.option("--dp-users-per-step", type=int, default=64, show_default=True,
+@click.option("--dp-users-per-step", type=int, default=512, show_default=True,
               help="DP: expected number of users drawn (Poisson) per step.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the user split, initialisation and shuffling.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")

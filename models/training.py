@@ -38,7 +38,7 @@ class TrainConfig:
     dp_epsilon: float | None = None  # train with user-level DP-SGD to this epsilon (models/dp.py)
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # each user's gradient is clipped to this L2 norm
-    dp_users_per_step: int = 64  # expected users drawn per DP-SGD step
+    dp_users_per_step: int = 512  # expected users drawn per DP-SGD step: large steps drown less in the noise
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
