@@ -89,11 +89,11 @@ class PrivacyPlan:
                 "not_covered": NOT_COVERED}
 
 
-def steps_of_epoch(plan: PrivacyPlan, users: int, seed: int, epoch: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(step, users drawn) for one epoch: every user independently with probability ``plan.sample_rate``."""
+def steps_of_epoch(plan: PrivacyPlan, users: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
+    """The users drawn at each step of one epoch: each independently with probability ``plan.sample_rate``."""
     rng = np.random.default_rng([seed, epoch, 0xD9])
-    for step in range(plan.steps_per_epoch):
-        yield step, np.flatnonzero(rng.random(users) < plan.sample_rate)
+    for _ in range(plan.steps_per_epoch):
+        yield np.flatnonzero(rng.random(users) < plan.sample_rate)
 
 
 def private_gradient(params: list[torch.Tensor], user_losses: Iterator[torch.Tensor], plan: PrivacyPlan,
@@ -122,7 +122,7 @@ def run_epoch(model: torch.nn.Module, optimiser: torch.optim.Optimizer, schedule
     """One epoch of DP-SGD; ``user_loss(u)`` is user ``u``'s mean loss per event over their whole history."""
     params = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 0x5E]).integers(2**62)))
-    for _, drawn in steps_of_epoch(plan, users, seed, epoch):
+    for drawn in steps_of_epoch(plan, users, seed, epoch):
         optimiser.zero_grad(set_to_none=True)
         private_gradient(params, (user_loss(int(u)) for u in drawn), plan, users, generator)
         optimiser.step()

@@ -188,8 +188,7 @@ def train(
                    "parameters": sum(p.numel() for p in model.parameters()),
                    "terminal_types": schema.terminal_types})
     seen = dict.fromkeys((*PARTS, "events"), 0.0)  # this epoch's training NLL sums
-
-    user_rows = np.searchsorted(win.user, np.arange(train_log.n_users + 1))  # user u's windows: [u], [u + 1])
+    user_rows = np.searchsorted(win.user, np.arange(train_log.n_users + 1))  # user u: windows user_rows[u:u + 2]
 
     def loss_of(rows: np.ndarray) -> torch.Tensor:
         """Mean NLL per event of training windows ``rows`` (sums added to ``seen``)."""
