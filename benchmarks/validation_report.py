@@ -32,24 +32,15 @@ HEADLINE = ("bivariate_accuracy", "coherence_accuracy", "inter_event_time", "cal
             "discriminator", "response_utility", "identical_matches", "dcr_share", "membership_inference")
 
 
-def _users(log: EventLog, ids: set[str]) -> EventLog:
-    events = log.events[log.events["user_id"].isin(ids)].reset_index(drop=True)
-    users = None if log.users is None else log.users[log.users["user_id"].isin(ids)].reset_index(drop=True)
-    return EventLog(events=events, users=users, marks=log.marks, amount_types=log.amount_types,
-                    event_files=log.event_files)
-
-
 def real_parts(world: Path, model: Path | None) -> tuple[EventLog, EventLog, EventLog, dict | None]:
     """(train, holdout, second holdout, model manifest)."""
     log = load_event_log(world)
     if model is not None:
-        train, holdout = split_by_model(log, model)
-        split = pd.read_parquet(model / "split.parquet").astype({"user_id": "str"})
-        second = _users(log, set(split.loc[split["split"] == "validation", "user_id"]))
+        train, holdout, second = split_by_model(log, model, ("train", "holdout", "validation"))
         return train, holdout, second, json.loads((model / "model.json").read_text())
     ids = log.events["user_id"].unique()
     part = split_of(ids, seed=0)
-    return tuple(_users(log, set(ids[part == k])) for k in (0, 2, 1)) + (None,)
+    return tuple(log.of_users(set(ids[part == k])) for k in (0, 2, 1)) + (None,)
 
 
 def generated(model: Path, users: int) -> EventLog:

@@ -52,6 +52,13 @@ class EventLog:
         """Static user attributes (columns of the users table other than ``user_id``)."""
         return () if self.users is None else tuple(c for c in self.users.columns if c != "user_id")
 
+    def of_users(self, ids: set[str]) -> EventLog:
+        """The events and users table rows of the users ``ids`` (same marks, amount types and files)."""
+        events = self.events[self.events["user_id"].isin(ids)].reset_index(drop=True)
+        users = None if self.users is None else self.users[self.users["user_id"].isin(ids)].reset_index(drop=True)
+        return EventLog(events=events, users=users, marks=self.marks, amount_types=self.amount_types,
+                        event_files=self.event_files, user_files=self.user_files)
+
 
 def load_event_log(
     path: str | Path, users: str | Path | None = None, context: str | Path | None = None

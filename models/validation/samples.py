@@ -198,8 +198,9 @@ def check_inputs(train: EventLog, holdout: EventLog, synthetic: EventLog,
                            f"({', '.join(sorted(known)[:6])}, ...); is it the right dataset?")
 
 
-def split_by_model(data: EventLog, model_dir: str | Path) -> tuple[EventLog, EventLog]:
-    """(train, holdout) users of ``data`` according to the model directory's ``split.parquet``."""
+def split_by_model(data: EventLog, model_dir: str | Path,
+                   roles: tuple[str, ...] = ("train", "holdout")) -> tuple[EventLog, ...]:
+    """The users of ``data`` in each of ``roles`` (train, validation, holdout) by the model's ``split.parquet``."""
     path = Path(model_dir) / "split.parquet"
     if not path.exists():
         raise TwinsimError(f"{path} does not exist; --model needs a directory written by `twinsim train` "
@@ -207,13 +208,11 @@ def split_by_model(data: EventLog, model_dir: str | Path) -> tuple[EventLog, Eve
     split = pd.read_parquet(path)
     split["user_id"] = split["user_id"].astype("str")
     parts = []
-    for name in ("train", "holdout"):
+    for name in roles:
         ids = set(split.loc[split["split"] == name, "user_id"])
-        events = data.events[data.events["user_id"].isin(ids)].reset_index(drop=True)
-        if events.empty:
+        part = data.of_users(ids)
+        if part.events.empty:
             raise TwinsimError(f"--data has no events of the model's {name} users ({len(ids):,} in {path}); "
                                "pass the data the model was trained on")
-        users = None if data.users is None else data.users[data.users["user_id"].isin(ids)].reset_index(drop=True)
-        parts.append(EventLog(events=events, users=users, marks=data.marks, amount_types=data.amount_types,
-                              event_files=data.event_files, user_files=data.user_files))
-    return parts[0], parts[1]
+        parts.append(part)
+    return tuple(parts)
