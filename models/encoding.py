@@ -23,6 +23,11 @@ NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missin
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
 CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days to month end
 RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately" (a salary cycle, offer fatigue)
+# The memory channel (``memory_inputs``): per amount type, the latest amount and a decayed sum of amounts
+# (what came in and went out lately: a salary stays one salary, a balance that runs low shows); per event
+# type, a slowly decayed count (how active this customer is this quarter, long after the window forgot).
+MEMORY_SUM_DAYS = 30.0
+MEMORY_COUNT_DAYS = 91.0
 NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
 SPLITS = ("train", "validation", "holdout")
 
@@ -73,6 +78,17 @@ class Schema:
         return [self.event_types.index(t) for t in self.terminal_types]
 
     @property
+    def amount_slots(self) -> np.ndarray:
+        """Per event type, its index among the amount types (-1 if it carries none)."""
+        slots = np.full(len(self.event_types), -1, dtype=np.int64)
+        slots[self.amount_codes] = np.arange(len(self.amount_codes))
+        return slots
+
+    @property
+    def memory_size(self) -> int:
+        return 2 * len(self.amount_types) + len(self.event_types)
+
+    @property
     def amount_codes(self) -> list[int]:
         return [self.event_types.index(t) for t in self.amount_types]
 
@@ -120,6 +136,7 @@ class EncodedLog:
     context: np.ndarray  # (events, context columns) float32, standardised
     last_days: np.ndarray  # (events, recency size) float32: when each type / mark value last occurred
     recent: np.ndarray  # (events, recency size) float32: decayed counts of each, just after the event
+    memory: np.ndarray  # (events, memory size) float32: ``memory_inputs`` just after the event
     static_cat: np.ndarray  # (users, categorical attributes) int64
     static_num: np.ndarray  # (users, numeric attributes) float32, standardised
     window_end_s: float = 0.0
@@ -139,7 +156,7 @@ class EncodedLog:
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         index = np.repeat(self.offsets[users], counts) + within
         per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context",
-                     "last_days", "recent")
+                     "last_days", "recent", "memory")
         return EncodedLog(
             user_ids=self.user_ids[users],
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
@@ -274,10 +291,20 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         context=context_at(time_s, log.context, schema),
         last_days=last_occurrence(schema.recency_size, keys, days, offsets),
         recent=kernels.decayed_counts(np.stack(keys, axis=1), days, offsets, schema.recency_size, RECENT_DAYS),
+        memory=memory_inputs(kernels.memory_of_log(event_type, amount, amount_z, days, offsets, schema.amount_slots,
+                                                   len(schema.amount_types), len(schema.event_types),
+                                                   MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS), len(schema.amount_types)),
         static_cat=static_cat,
         static_num=static_num,
         window_end_s=schema.window_end_s,
     )
+
+
+def memory_inputs(state: np.ndarray, n_amount: int) -> np.ndarray:
+    """The memory channel's inputs from raw memory ``state`` (rows, 2a + types) kept by ``kernels.remember``:
+    the latest standardised amount per amount type (0 before the first), then log(1 + decayed sum of
+    amounts) per amount type and log(1 + decayed count) per event type. float32."""
+    return np.concatenate([state[:, :n_amount], np.log1p(state[:, n_amount:])], axis=1).astype(np.float32)
 
 
 def last_occurrence(size: int, keys: list[np.ndarray], days: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -20,7 +20,16 @@ import pandas as pd
 import torch
 
 from models import kernels
-from models.encoding import MIN_GAP_HOURS, NEVER, Schema, context_at, static_arrays
+from models.encoding import (
+    MEMORY_COUNT_DAYS,
+    MEMORY_SUM_DAYS,
+    MIN_GAP_HOURS,
+    NEVER,
+    Schema,
+    context_at,
+    memory_inputs,
+    static_arrays,
+)
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
 from models.time_head import mixture_numpy
@@ -99,8 +108,7 @@ class Sampler:
     def __init__(self, model: EventTransformer, schema: Schema, context: pd.DataFrame | None, seed: int) -> None:
         self.model, self.schema, self.context, self.seed = model, schema, context, seed
         self.amount_codes = np.array(schema.amount_codes, dtype=np.int64)
-        self.amount_slot = np.full(len(schema.event_types), -1)
-        self.amount_slot[self.amount_codes] = np.arange(len(self.amount_codes))
+        self.amount_slot = schema.amount_slots
         self.amount_mean = np.array([schema.amount_log_mean[t] for t in schema.amount_types])
         self.amount_std = np.array([schema.amount_log_std[t] for t in schema.amount_types])
         self.terminal = np.array(schema.terminal_codes, dtype=np.int64)
@@ -121,6 +129,7 @@ class Sampler:
         steps = np.zeros(width, dtype=np.int64)
         last = np.full((width, self.schema.recency_size), NEVER)  # days since start_s, per recency column
         recent = np.zeros((width, self.schema.recency_size))  # decayed counts per column, as of time_s
+        memory = np.zeros((width, self.schema.memory_size))  # raw memory (kernels.remember), as of time_s
         token = self._bos_tokens(width, start_s)
         cache.reset(torch.arange(width))
         active = np.ones(width, dtype=bool)
@@ -129,7 +138,7 @@ class Sampler:
         while active.any():
             h = model.step(token, static, cache)
             gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen = self._draw(
-                h, slot_user, steps, time_s, last, recent, start_s)
+                h, slot_user, steps, time_s, last, recent, memory, start_s)
             decay = decay_over(gap_h / 24.0)
             alive = active & (t_next < end_s)
             t_days = (t_next - start_s) / 86400.0
@@ -140,13 +149,15 @@ class Sampler:
                 last[rows, cols] = t_days[rows]
                 recent[rows, cols] += 1.0
                 mark_happened(seen, rows, cols, recent[rows, cols])
+            kernels.remember(memory, np.flatnonzero(alive), gap_h / 24.0, type_, amount, amount_z, self.amount_slot,
+                             len(self.amount_codes), MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
             if alive.any():
                 out.append((slot_user[alive], t_next[alive], type_[alive], marks[alive], amount[alive]))
             finished = active & (~alive | np.isin(type_, self.terminal))
             time_s = np.where(alive, t_next, time_s)
             steps += 1
             token = self._event_tokens(type_, marks, cal_next, np.log(gap_h), amount_z, ctx_next, time_s, start_s,
-                                       seen)
+                                       seen, memory_inputs(memory, len(self.amount_codes)))
             if finished.any():
                 done_users += int(finished.sum())
                 slots = np.flatnonzero(finished)
@@ -156,7 +167,8 @@ class Sampler:
                     pending += len(refill)
                     slot_user[refill] = new_users
                     static[torch.from_numpy(refill)] = static_all[torch.from_numpy(new_users)]
-                    time_s[refill], steps[refill], last[refill], recent[refill] = start_s, 0, NEVER, 0.0
+                    time_s[refill], steps[refill], last[refill] = start_s, 0, NEVER
+                    recent[refill], memory[refill] = 0.0, 0.0
                     cache.reset(torch.from_numpy(refill))
                     bos = self._bos_tokens(len(refill), start_s)
                     for k in token:
@@ -169,8 +181,8 @@ class Sampler:
                     rows = torch.from_numpy(keep)
                     cache.select(rows)
                     static, token = static[rows], {k: v[rows] for k, v in token.items()}
-                    slot_user, time_s, steps, last, recent, active = (
-                        x[keep] for x in (slot_user, time_s, steps, last, recent, active))
+                    slot_user, time_s, steps, last, recent, memory, active = (
+                        x[keep] for x in (slot_user, time_s, steps, last, recent, memory, active))
         if not out:
             empty = np.empty(0)
             return {"user": empty.astype(np.int64), "time_s": empty, "type": empty.astype(np.int64),
@@ -187,17 +199,20 @@ class Sampler:
                 "cont": torch.zeros((rows, 2 + cfg.n_context)),
                 "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, self.schema.recency_size), NEVER),
                                                     np.zeros((rows, self.schema.recency_size)), np.ones(rows))),
+                "memory": torch.zeros((rows, self.schema.memory_size)),
                 "time_days": torch.zeros(rows)}
 
-    def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s, recency_now):
+    def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s, recency_now,
+                      memory_now):
         cont = np.concatenate([log_gap[:, None], amount_z[:, None], context], axis=1).astype(np.float32)
         return {"type": torch.from_numpy(type_), "marks": torch.from_numpy(marks),
                 "calendar": torch.from_numpy(calendar), "cont": torch.from_numpy(cont),
                 "recency": torch.from_numpy(recency_now.astype(np.float32)),
+                "memory": torch.from_numpy(memory_now),
                 "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
 
     def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
-              recent: np.ndarray, start_s: float):
+              recent: np.ndarray, memory: np.ndarray, start_s: float):
         model = self.model
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
         gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
@@ -220,8 +235,11 @@ class Sampler:
         carries = np.flatnonzero(np.isin(type_, self.amount_codes))
         if len(carries):
             u_amount = kernels.uniforms(self.seed, users[carries], steps[carries], PURPOSE_AMOUNT, 2)
-            z = kernels.sample_normal_mixture(*mixture_numpy(model.amount_head(cond[torch.from_numpy(carries)])),
-                                              u_amount[:, 0], u_amount[:, 1])
+            latest = torch.from_numpy(memory_inputs(memory[carries], len(self.amount_codes)))
+            rows = torch.from_numpy(carries)
+            params = model.amount_mixture(cond[rows], torch.from_numpy(marks[carries]), latest,
+                                          torch.from_numpy(type_[carries]))
+            z = kernels.sample_normal_mixture(*mixture_numpy(params), u_amount[:, 0], u_amount[:, 1])
             which = self.amount_slot[type_[carries]]
             amount_z[carries] = z
             log_amount = np.maximum(z * self.amount_std[which] + self.amount_mean[which], 0.0)  # magnitudes: >= 0

@@ -183,3 +183,44 @@ def decayed_counts(keys, days, offsets, k, scale_days):
                     state[keys[i, g]] += 1.0
             out[i, :] = state
     return out
+
+
+@nb.njit(cache=True)
+def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amount, sum_scale, count_scale):
+    """Advance one user's memory ``state`` by ``gap_days`` and record one event (see ``memory_inputs``)."""
+    a, n_types = n_amount, len(state) - 2 * n_amount
+    shrink_sum, shrink_count = math.exp(-gap_days / sum_scale), math.exp(-gap_days / count_scale)
+    for j in range(a):
+        state[a + j] *= shrink_sum
+    for j in range(n_types):
+        state[2 * a + j] *= shrink_count
+    slot = amount_slot[type_code]
+    if slot >= 0 and not math.isnan(amount):
+        state[slot] = amount_z
+        state[a + slot] += abs(amount)
+    state[2 * a + type_code] += 1.0
+
+
+@nb.njit(cache=True)
+def memory_of_log(event_type, amount, amount_z, days, offsets, amount_slot, n_amount, n_types, sum_scale,
+                  count_scale):
+    """(n, 2a + types) float64 raw memory just after every event of every user (``memory_inputs``)."""
+    n = len(event_type)
+    out = np.zeros((n, 2 * n_amount + n_types))
+    state = np.zeros(2 * n_amount + n_types)
+    for u in range(len(offsets) - 1):
+        state[:] = 0.0
+        for i in range(offsets[u], offsets[u + 1]):
+            gap = days[i] - days[i - 1] if i > offsets[u] else 0.0
+            _remember(state, gap, event_type[i], amount[i], amount_z[i], amount_slot, n_amount, sum_scale,
+                      count_scale)
+            out[i, :] = state
+    return out
+
+
+@nb.njit(cache=True)
+def remember(state, rows, gap_days, event_type, amount, amount_z, amount_slot, n_amount, sum_scale, count_scale):
+    """In place, for each of ``rows`` of a batch's memory ``state``: advance and record that row's event."""
+    for r in rows:
+        _remember(state[r], gap_days[r], event_type[r], amount[r], amount_z[r], amount_slot, n_amount, sum_scale,
+                  count_scale)

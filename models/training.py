@@ -59,7 +59,8 @@ def model_config_for(schema: Schema, **overrides) -> ModelConfig:
     cfg = ModelConfig(n_types=len(schema.event_types), mark_sizes=[len(v) for v in schema.marks.values()],
                       attribute_sizes=[len(v) for v in schema.categorical_attributes.values()],
                       n_numeric=len(schema.numeric_attributes), n_context=len(schema.context_columns),
-                      n_recency=RECENCY_PER_COLUMN * schema.recency_size, **overrides)
+                      n_recency=RECENCY_PER_COLUMN * schema.recency_size, n_memory=schema.memory_size,
+                      amount_codes=schema.amount_codes, **overrides)
     if cfg.d_model % cfg.n_heads:
         raise TwinsimError(f"--d-model ({cfg.d_model}) must be a multiple of --heads ({cfg.n_heads})")
     if cfg.window < 4 or cfg.window % 2:

@@ -8,7 +8,7 @@ static attributes, and predicts the next event in this order:
    scored with that day's calendar (``time_head.py``); past the window end this enters the likelihood as
    a survival term;
 2. its type, given the gap and the calendar and context of the time it lands on (paydays, hours);
-3. its marks and amount (a Gaussian mixture on the standardised log amount), given the type.
+3. its marks given the type, and its amount (a Gaussian mixture on the standardised log amount) given both.
 
 Attention has no position embeddings: each head's score is biased by ``-slope * (days between query and
 key)``, with one head of slope 0 for long memory. That makes a key-value cache a ring buffer that never
@@ -43,6 +43,8 @@ class ModelConfig:
     n_numeric: int = 0
     n_context: int = 0
     n_recency: int = 0
+    n_memory: int = 0
+    amount_codes: list[int] = field(default_factory=list)  # event types that carry an amount, in memory order
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -168,6 +170,7 @@ class EventTransformer(nn.Module):
         self.cal_emb = nn.ModuleList(nn.Embedding(n, d) for n in CALENDAR_SIZES)
         self.cont = nn.Linear(2 + cfg.n_context, d)
         self.recency = nn.Linear(cfg.n_recency, d)
+        self.memory = nn.Linear(cfg.n_memory, d)
         self.attr_emb = nn.ModuleList(nn.Embedding(n, d) for n in cfg.attribute_sizes)
         self.numeric = nn.Linear(cfg.n_numeric, d) if cfg.n_numeric else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -178,8 +181,12 @@ class EventTransformer(nn.Module):
         self.query_recency = nn.Linear(cfg.n_recency, d)
         self.type_head = _mlp(d, cfg.n_types)
         self.next_type_emb = nn.Embedding(cfg.n_types, d)
+        self.next_mark_emb = nn.ModuleList(nn.Embedding(n, d) for n in cfg.mark_sizes)
         self.mark_heads = nn.ModuleList(_mlp(d, n) for n in cfg.mark_sizes)
-        self.amount_head = _mlp(d, 3 * k)
+        self.amount_head = _mlp(d, 3 * k + 2)  # k free components and the "repeat" component's weight and scale
+        slots = torch.full((cfg.n_types,), -1, dtype=torch.long)
+        slots[cfg.amount_codes] = torch.arange(len(cfg.amount_codes))
+        self.register_buffer("amount_slot", slots, persistent=False)
 
     # ------------------------------------------------------------------------------------- inputs
     def static(self, static_cat: torch.Tensor, static_num: torch.Tensor) -> torch.Tensor:
@@ -187,12 +194,15 @@ class EventTransformer(nn.Module):
                 torch.zeros(static_cat.shape[0], self.cfg.d_model))
         return s + self.numeric(static_num) if self.numeric is not None else s
 
-    def embed(self, type_, marks, calendar, cont, recency, static) -> torch.Tensor:
-        x = self.type_emb(type_) + self.cont(cont) + self.recency(recency) + static
+    def embed(self, tokens: dict[str, torch.Tensor], static: torch.Tensor) -> torch.Tensor:
+        """Token embeddings from a batch's or a generation step's inputs (type, marks, calendar, cont,
+        recency, memory) plus the users' static embedding."""
+        x = (self.type_emb(tokens["type"]) + self.cont(tokens["cont"]) + self.recency(tokens["recency"])
+             + self.memory(tokens["memory"]) + static)
         for i, emb in enumerate(self.mark_emb):
-            x = x + emb(marks[..., i])
+            x = x + emb(tokens["marks"][..., i])
         for i, emb in enumerate(self.cal_emb):
-            x = x + emb(calendar[..., i])
+            x = x + emb(tokens["calendar"][..., i])
         return x
 
     def query(self, h, calendar_next, log_gap_next, context_next, recency_next) -> torch.Tensor:
@@ -202,10 +212,30 @@ class EventTransformer(nn.Module):
             q = q + emb(calendar_next[..., i])
         return q
 
+    def amount_mixture(self, cond: torch.Tensor, marks: torch.Tensor, memory: torch.Tensor,
+                       type_: torch.Tensor) -> torch.Tensor:
+        """Gaussian-mixture parameters (..., 3 (k + 1)) of the standardised log amount of an event of ``type_``
+        with ``marks`` (a travel payment is not a grocery payment), given the history in ``cond``.
+
+        Besides ``k`` free components there is a *repeat* component centred exactly on this user's latest
+        amount of the same type (``memory``, as of the previous event; left out before the first): a salary
+        is the same salary to the cent or nearly, which a mixture read from the hidden state can only blur."""
+        for i, emb in enumerate(self.next_mark_emb):
+            cond = cond + emb(marks[..., i])
+        raw = self.amount_head(cond)
+        logits, mu, log_scale = raw[..., :-2].chunk(3, dim=-1)
+        repeat_logit, repeat_log_scale = raw[..., -2:].unbind(-1)
+        slot = self.amount_slot[type_].clamp(min=0)
+        latest = memory.gather(-1, slot.unsqueeze(-1)).squeeze(-1)
+        seen = memory[..., 2 * len(self.cfg.amount_codes):].gather(-1, type_.unsqueeze(-1)).squeeze(-1) > 0
+        repeat_logit = torch.where(seen, repeat_logit, torch.full_like(repeat_logit, -1e4))
+        return torch.cat([logits, repeat_logit.unsqueeze(-1), mu, latest.unsqueeze(-1), log_scale,
+                          repeat_log_scale.unsqueeze(-1)], dim=-1)
+
     # ------------------------------------------------------------------------------------- training
     def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         static = self.static(batch["static_cat"], batch["static_num"]).unsqueeze(1)
-        x = self.embed(batch["type"], batch["marks"], batch["calendar"], batch["cont"], batch["recency"], static)
+        x = self.embed(batch, static)
         for block in self.blocks:
             x = block(x, batch["time_days"], batch["valid"])
         return self.ln_f(x)
@@ -232,7 +262,9 @@ class EventTransformer(nn.Module):
         marks = sum((F.cross_entropy(head(cond), batch["target_marks"][ev][:, i], reduction="sum")
                      for i, head in enumerate(self.mark_heads)), torch.zeros(()))
         has_amount = batch["target_has_amount"][ev]
-        amount_pdf, _ = mixture_log_prob(self.amount_head(cond[has_amount]), batch["target_amount_z"][ev][has_amount])
+        amount_params = self.amount_mixture(cond[has_amount], batch["target_marks"][ev][has_amount],
+                                            batch["memory"][ev][has_amount], target_type[has_amount])
+        amount_pdf, _ = mixture_log_prob(amount_params, batch["target_amount_z"][ev][has_amount])
         return {"time": time, "type": type_, "marks": marks, "amount": -amount_pdf.sum(),
                 "events": ev.sum()}
 
@@ -241,7 +273,7 @@ class EventTransformer(nn.Module):
     def step(self, token: dict[str, torch.Tensor], static: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed one token per row (written into the cache) and return the hidden state (B, d)."""
         key_bias = cache.begin(token["time_days"], self.blocks[0].attn.slopes)
-        x = self.embed(token["type"], token["marks"], token["calendar"], token["cont"], token["recency"], static)
+        x = self.embed(token, static)
         for layer, block in enumerate(self.blocks):
             x = block.step(x, key_bias, cache, layer)
         cache.advance()

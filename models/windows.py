@@ -93,6 +93,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
                                   tokens(log.context, 0.0)], axis=2), torch.float32),
         "time_days": t(tok_days, torch.float32),
         "recency": t(recency(tok_days, tok_last, tok_recent, np.ones_like(tok_days))),
+        "memory": t(tokens(log.memory, 0.0), torch.float32),
         "query_recency": t(recency(target_days, tok_last, tok_recent, decay_over(target_days - tok_days))),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),

@@ -196,7 +196,8 @@ def test_cached_step_by_step_pass_equals_the_training_forward_pass(model_dir, sm
         static = model.static(batch["static_cat"], batch["static_num"])
         cache = KVCache.empty(model.cfg, 1)
         cache.reset(torch.tensor([0]))
-        steps = [model.step({k: batch[k][:, p] for k in ("type", "marks", "calendar", "cont", "recency", "time_days")},
+        steps = [model.step({k: batch[k][:, p] for k in ("type", "marks", "calendar", "cont", "recency", "memory",
+                                                              "time_days")},
                             static, cache)[0] for p in range(window + 1)]
     assert torch.allclose(torch.stack(steps), expected, atol=1e-4)
 
@@ -216,7 +217,7 @@ def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(sm
         load_model(tmp_path / "m")
 
 
-def test_a_small_model_already_reproduces_rhythms_response_rates_volume_and_terminal_churn(model_dir, small_log):
+def test_a_small_model_already_reproduces_rhythms_response_rates_volume_churn_and_amounts(model_dir, small_log):
     """At test scale (400 users x 120 days, a tiny model, 3 epochs). Paydays and the life-stage chain need
     the default model and scale; benchmarks/model_fidelity.py measures all laws there."""
     from simulator.reference_world.fidelity import law_statistics, top_coverage
@@ -232,6 +233,8 @@ def test_a_small_model_already_reproduces_rhythms_response_rates_volume_and_term
     coverage = top_coverage(small_log.events.loc[pay, "amount"],
                             synthetic.loc[synthetic["event_type"] == "card_payment", "amount"])
     assert 0.5 < coverage < 1.5
+    medians = syn["card_amount_median_by_merchant"]  # amounts follow the merchant category (real: 8x)
+    assert medians["travel"] > 3 * medians["grocery"]
 
 
 def test_recency_hat_channel_interpolates_days_since_between_anchors():
@@ -248,3 +251,35 @@ def test_recency_hat_channel_interpolates_days_since_between_anchors():
     assert np.allclose((hats[inside, :, 0] * anchors).sum(axis=1), np.log1p(since[inside]), atol=1e-5)
     assert hats[1, 2, 0] == 1.0 and hats[-1, -1, 0] == 1.0  # exactly on an anchor; beyond the last one
     assert (hats[:, 0, 1] == 1.0).all()  # column 1: zero days since
+
+
+def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
+    from models import kernels
+    from models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, memory_inputs
+    types = ["card_payment", "income", "login"]  # amount types: income (slot 0), card_payment (slot 1)
+    slots = np.array([1, 0, -1])
+    # user 0: income 1000 (day 0), card payment 50 (day 1), login (day 2), income 1100 (day 30); user 1: a login
+    event_type = np.array([1, 0, 2, 1, 2])
+    amount = np.array([1000.0, 50.0, np.nan, 1100.0, np.nan])
+    amount_z = np.array([0.5, -1.0, 0.0, 0.7, 0.0], dtype=np.float32)
+    days = np.array([0.0, 1.0, 2.0, 30.0, 5.0])
+    offsets = np.array([0, 4, 5])
+    state = kernels.memory_of_log(event_type, amount, amount_z, days, offsets, slots, 2, len(types),
+                                  MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
+    last = state[3]
+    assert np.allclose(last[:2], [0.7, -1.0])  # the latest standardised amounts: this income, the card payment
+    assert np.isclose(last[2], 1000 * np.exp(-30 / MEMORY_SUM_DAYS) + 1100)
+    assert np.isclose(last[3], 50 * np.exp(-29 / MEMORY_SUM_DAYS))
+    assert np.allclose(last[4:], [np.exp(-29 / MEMORY_COUNT_DAYS), np.exp(-30 / MEMORY_COUNT_DAYS) + 1,
+                                  np.exp(-28 / MEMORY_COUNT_DAYS)])
+    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1])  # another user starts from nothing
+    # Generation updates a batch row by row with the same rule: the same events give the same memory.
+    batch = np.zeros((2, state.shape[1]))
+    for i, gap in zip(range(4), (0.0, 1.0, 1.0, 28.0), strict=True):
+        rows = np.array([0] if i else [0, 1])
+        ty = np.array([event_type[i], 2])
+        kernels.remember(batch, rows, np.array([gap, 5.0]), ty, np.array([amount[i], np.nan]),
+                         np.array([amount_z[i], 0.0], dtype=np.float32), slots, 2, MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
+    assert np.allclose(batch, state[[3, 4]])
+    inputs = memory_inputs(state, 2)
+    assert inputs.dtype == np.float32 and np.allclose(inputs[3, 2:], np.log1p(last[2:]))

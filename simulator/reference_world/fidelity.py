@@ -47,7 +47,12 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     stats["closed_user_share"] = _ratio(closed["user_id"].nunique(), ev["user_id"].nunique())
     stats["events_per_user_median"] = float(ev.groupby("user_id").size().median())
     stats["card_amount_p99"] = float(pay["amount"].quantile(0.99)) if len(pay) else float("nan")
+    by_merchant = pay.groupby(merchant)["amount"]
+    stats["card_amount_median_by_merchant"] = by_merchant.median()[by_merchant.size() >= MIN_PAYMENTS].to_dict()
     return stats
+
+
+MIN_PAYMENTS = 50  # merchant categories with fewer card payments are not judged on their median amount
 
 
 def _ratio(a, b) -> float:
@@ -124,6 +129,11 @@ def compare_laws(real: pd.DataFrame, synthetic: pd.DataFrame) -> list[LawCheck]:
     pay_r, pay_s = _of(real, "card_payment")["amount"], _of(synthetic, "card_payment")["amount"]
     coverage = top_coverage(pay_r, pay_s)
     checks.append(LawCheck("card_amount_top1_coverage", 1.0, coverage, "80-120 %", 0.8 <= coverage <= 1.2))
+    real_median, syn_median = r["card_amount_median_by_merchant"], s["card_amount_median_by_merchant"]
+    within = [abs(syn_median.get(m, np.nan) - v) <= 0.25 * v for m, v in real_median.items()]
+    share = float(np.mean(within)) if within else float("nan")
+    checks.append(LawCheck("merchant_amount_medians", 1.0, share,
+                           ">= 80% of categories within +/-25%", bool(share >= 0.8)))
     return checks
 
 
