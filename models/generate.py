@@ -32,6 +32,7 @@ from models.encoding import (
 )
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
+from models.rowwise import MIN_ROWS, rowwise
 from models.time_head import mixture_numpy
 from models.transformer import EventTransformer, KVCache
 from models.windows import decay_over, mark_happened, recency
@@ -119,10 +120,10 @@ class Sampler:
         """Events of users ``0..n-1`` as flat arrays (user, time_s, type, marks, amount), user-contiguous."""
         model, cfg = self.model, self.model.cfg
         n = len(static_cat)
-        width = min(batch_size, n)
+        width = max(min(batch_size, n), MIN_ROWS)  # rows beyond n pad the batch (see models/rowwise.py)
         cache = KVCache.empty(cfg, width)
-        slot_user = np.arange(width, dtype=np.int64)
-        pending = width
+        slot_user = np.minimum(np.arange(width), n - 1)
+        pending = min(width, n)
         static_all = model.static(torch.from_numpy(static_cat), torch.from_numpy(static_num))
         static = static_all[torch.from_numpy(slot_user)]
         time_s = np.full(width, start_s)
@@ -132,7 +133,7 @@ class Sampler:
         memory = np.zeros((width, self.schema.memory_size))  # raw memory (kernels.remember), as of time_s
         token = self._bos_tokens(width, start_s)
         cache.reset(torch.arange(width))
-        active = np.ones(width, dtype=bool)
+        active = np.arange(width) < n
         out: list[tuple[np.ndarray, ...]] = []
         done_users = 0
         while active.any():
@@ -176,8 +177,10 @@ class Sampler:
                 active[slots[len(refill):]] = False
                 if on_progress is not None:
                     on_progress(done_users, n)
-                if pending == n and 0 < active.sum() < len(active) // 2:  # the tail: drop empty slots
-                    keep = np.flatnonzero(active)
+                if pending == n and 0 < active.sum() < len(active) // 2 and len(active) > MIN_ROWS:
+                    # the tail: drop empty slots, keeping at least MIN_ROWS rows
+                    spare = np.flatnonzero(~active)[: max(0, MIN_ROWS - int(active.sum()))]
+                    keep = np.sort(np.concatenate([np.flatnonzero(active), spare]))
                     rows = torch.from_numpy(keep)
                     cache.select(rows)
                     static, token = static[rows], {k: v[rows] for k, v in token.items()}
@@ -237,8 +240,8 @@ class Sampler:
             u_amount = kernels.uniforms(self.seed, users[carries], steps[carries], PURPOSE_AMOUNT, 2)
             latest = torch.from_numpy(memory_inputs(memory[carries], len(self.amount_codes)))
             rows = torch.from_numpy(carries)
-            params = model.amount_mixture(cond[rows], torch.from_numpy(marks[carries]), latest,
-                                          torch.from_numpy(type_[carries]))
+            params = rowwise(model.amount_mixture, cond[rows], torch.from_numpy(marks[carries]), latest,
+                             torch.from_numpy(type_[carries]))
             z = kernels.sample_normal_mixture(*mixture_numpy(params), u_amount[:, 0], u_amount[:, 1])
             which = self.amount_slot[type_[carries]]
             amount_z[carries] = z

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import kernels
+from models.rowwise import rowwise
 
 HORIZON_DAYS = 8
 BINS = HORIZON_DAYS * 24
@@ -122,13 +123,13 @@ class TimeHead(nn.Module):
         on_grid = u[:, 0] >= torch.softmax(self.gate(h).double(), -1)[:, 0].numpy()
         rows = np.flatnonzero(~on_grid)
         if len(rows):
-            params = mixture_numpy(self.mixture(h[torch.from_numpy(rows)]))
+            params = mixture_numpy(rowwise(self.mixture, h[torch.from_numpy(rows)]))
             gaps[rows] = kernels.sample_lognormal_mixture(*params, u[rows, 1], u[rows, 2])
         rows = np.flatnonzero(on_grid)
         if len(rows):
             x = clock_hours(time_s[rows])
-            grid = self.grid_log_probs(h[torch.from_numpy(rows)], torch.from_numpy(utc_day(time_s[rows])),
-                                       torch.from_numpy(np.floor(x)).long())
+            grid = rowwise(self.grid_log_probs, h[torch.from_numpy(rows)], torch.from_numpy(utc_day(time_s[rows])),
+                           torch.from_numpy(np.floor(x)).long())
             bin_ = kernels.sample_categorical(torch.softmax(grid.double(), -1).numpy(), u[rows, 1]).astype(float)
             start = np.maximum(bin_, x)
             gaps[rows] = start + u[rows, 2] * (bin_ + 1.0 - start) - x

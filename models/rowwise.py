@@ -1,0 +1,26 @@
+"""Row-independent network calls that give each row bitwise the same result whatever else is in the batch.
+
+A user's draws must not depend on which other users share the batch (common random numbers). Every
+network layer treats rows independently, but the matrix-product library picks other kernels for a
+handful of rows than for many, and their float32 roundings differ in the last bit - enough, once in a
+while, to tip a draw. Padding every call to at least ``MIN_ROWS`` rows keeps each row on the same
+kernels, so a row's result depends on that row alone (``tests/test_model.py`` checks it end to end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+MIN_ROWS = 64
+
+
+def rowwise(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+    """``fn(*inputs)`` for a row-independent ``fn``, computed on at least MIN_ROWS rows (padding repeats
+    the first row) and cut back to the rows given."""
+    n = inputs[0].shape[0]
+    if n >= MIN_ROWS or n == 0:
+        return fn(*inputs)
+    padded = (torch.cat([x, x[:1].expand(MIN_ROWS - n, *x.shape[1:])]) for x in inputs)
+    return fn(*padded)[:n]
