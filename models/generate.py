@@ -139,7 +139,7 @@ class Sampler:
         while active.any():
             h = model.step(token, static, cache)
             gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen = self._draw(
-                h, slot_user, steps, time_s, last, recent, memory, start_s)
+                h, slot_user, steps, time_s, last, recent, token["memory"], start_s)
             decay = decay_over(gap_h / 24.0)
             alive = active & (t_next < end_s)
             t_days = (t_next - start_s) / 86400.0
@@ -215,7 +215,9 @@ class Sampler:
                 "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
 
     def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
-              recent: np.ndarray, memory: np.ndarray, start_s: float):
+              recent: np.ndarray, memory_now: torch.Tensor, start_s: float):
+        """The next event of every row; ``memory_now`` is the memory input of the token just fed (the
+        memory before this event), from which the amount's repeat component reads the latest amounts."""
         model = self.model
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
         gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
@@ -238,9 +240,8 @@ class Sampler:
         carries = np.flatnonzero(np.isin(type_, self.amount_codes))
         if len(carries):
             u_amount = kernels.uniforms(self.seed, users[carries], steps[carries], PURPOSE_AMOUNT, 2)
-            latest = torch.from_numpy(memory_inputs(memory[carries], len(self.amount_codes)))
             rows = torch.from_numpy(carries)
-            params = rowwise(model.amount_mixture, cond[rows], torch.from_numpy(marks[carries]), latest,
+            params = rowwise(model.amount_mixture, cond[rows], torch.from_numpy(marks[carries]), memory_now[rows],
                              torch.from_numpy(type_[carries]))
             z = kernels.sample_normal_mixture(*mixture_numpy(params), u_amount[:, 0], u_amount[:, 1])
             which = self.amount_slot[type_[carries]]
