@@ -20,24 +20,12 @@ import pandas as pd
 import torch
 
 from models import kernels
-from models.encoding import (
-    MEMORY_COUNT_DAYS,
-    MEMORY_SUM_DAYS,
-    MIN_GAP_HOURS,
-    NEVER,
-    Schema,
-    context_at,
-    memory_inputs,
-    static_arrays,
-)
+from models.encoding import Schema, static_arrays
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
-from models.rowwise import MIN_ROWS, rowwise
-from models.time_head import mixture_numpy
-from models.transformer import EventTransformer, KVCache
-from models.windows import decay_over, mark_happened, recency
-
-PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
+from models.rollout import PURPOSE_ATTRIBUTES, Events, Rollout
+from models.rowwise import MIN_ROWS
+from models.transformer import EventTransformer
 
 
 @dataclass
@@ -108,57 +96,29 @@ class Sampler:
 
     def __init__(self, model: EventTransformer, schema: Schema, context: pd.DataFrame | None, seed: int) -> None:
         self.model, self.schema, self.context, self.seed = model, schema, context, seed
-        self.amount_codes = np.array(schema.amount_codes, dtype=np.int64)
-        self.amount_slot = schema.amount_slots
-        self.amount_mean = np.array([schema.amount_log_mean[t] for t in schema.amount_types])
-        self.amount_std = np.array([schema.amount_log_std[t] for t in schema.amount_types])
-        self.terminal = np.array(schema.terminal_codes, dtype=np.int64)
 
     @torch.no_grad()
     def run(self, static_cat: np.ndarray, static_num: np.ndarray, start_s: float, end_s: float,
-            batch_size: int = 4096, on_progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-        """Events of users ``0..n-1`` as flat arrays (user, time_s, type, marks, amount), user-contiguous."""
-        model, cfg = self.model, self.model.cfg
+            batch_size: int = 4096, on_progress: Callable[[int, int], None] | None = None) -> Events:
+        """Events of users ``0..n-1`` (``Events.user``: the user index), user-contiguous."""
         n = len(static_cat)
         width = max(min(batch_size, n), MIN_ROWS)  # rows beyond n pad the batch (see models/rowwise.py)
-        cache = KVCache.empty(cfg, width)
-        slot_user = np.minimum(np.arange(width), n - 1)
+        roll = Rollout(self.model, self.schema, self.context, self.seed, width, start_s)
+        static_all = self.model.static(torch.from_numpy(static_cat), torch.from_numpy(static_num))
+        first = np.minimum(np.arange(width), n - 1)
+        roll.start(np.arange(width), first, static_all[torch.from_numpy(first)], start_s)
         pending = min(width, n)
-        static_all = model.static(torch.from_numpy(static_cat), torch.from_numpy(static_num))
-        static = static_all[torch.from_numpy(slot_user)]
-        time_s = np.full(width, start_s)
-        steps = np.zeros(width, dtype=np.int64)
-        last = np.full((width, self.schema.recency_size), NEVER)  # days since start_s, per recency column
-        recent = np.zeros((width, self.schema.recency_size))  # decayed counts per column, as of time_s
-        memory = np.zeros((width, self.schema.memory_size))  # raw memory (kernels.remember), as of time_s
-        token = self._bos_tokens(width, start_s)
-        cache.reset(torch.arange(width))
         active = np.arange(width) < n
-        out: list[tuple[np.ndarray, ...]] = []
+        out: list[Events] = []
         done_users = 0
         while active.any():
-            h = model.step(token, static, cache)
-            gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen = self._draw(
-                h, slot_user, steps, time_s, last, recent, token["memory"], start_s)
-            decay = decay_over(gap_h / 24.0)
-            alive = active & (t_next < end_s)
-            t_days = (t_next - start_s) / 86400.0
-            recent[alive] *= decay[alive, None]
-            for key in self.schema.recency_keys(type_, marks):
-                rows = np.flatnonzero(alive & (key >= 0))
-                cols = key[rows]
-                last[rows, cols] = t_days[rows]
-                recent[rows, cols] += 1.0
-                mark_happened(seen, rows, cols, recent[rows, cols])
-            kernels.remember(memory, np.flatnonzero(alive), gap_h / 24.0, type_, amount, amount_z, self.amount_slot,
-                             len(self.amount_codes), MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
+            roll.propose()
+            alive = active & (roll.pending["t_next"] < end_s)
             if alive.any():
-                out.append((slot_user[alive], t_next[alive], type_[alive], marks[alive], amount[alive]))
-            finished = active & (~alive | np.isin(type_, self.terminal))
-            time_s = np.where(alive, t_next, time_s)
-            steps += 1
-            token = self._event_tokens(type_, marks, cal_next, np.log(gap_h), amount_z, ctx_next, time_s, start_s,
-                                       seen, memory_inputs(memory, len(self.amount_codes)))
+                events = roll.commit(np.flatnonzero(alive))
+                events.user = roll.user[events.user]
+                out.append(events)
+            finished = active & (~alive | roll.is_terminal(roll.pending["type"]))
             if finished.any():
                 done_users += int(finished.sum())
                 slots = np.flatnonzero(finished)
@@ -166,14 +126,7 @@ class Sampler:
                 if len(refill):
                     new_users = np.arange(pending, pending + len(refill))
                     pending += len(refill)
-                    slot_user[refill] = new_users
-                    static[torch.from_numpy(refill)] = static_all[torch.from_numpy(new_users)]
-                    time_s[refill], steps[refill], last[refill] = start_s, 0, NEVER
-                    recent[refill], memory[refill] = 0.0, 0.0
-                    cache.reset(torch.from_numpy(refill))
-                    bos = self._bos_tokens(len(refill), start_s)
-                    for k in token:
-                        token[k][torch.from_numpy(refill)] = bos[k]
+                    roll.start(refill, new_users, static_all[torch.from_numpy(new_users)], start_s)
                 active[slots[len(refill):]] = False
                 if on_progress is not None:
                     on_progress(done_users, n)
@@ -181,74 +134,10 @@ class Sampler:
                     # the tail: drop empty slots, keeping at least MIN_ROWS rows
                     spare = np.flatnonzero(~active)[: max(0, MIN_ROWS - int(active.sum()))]
                     keep = np.sort(np.concatenate([np.flatnonzero(active), spare]))
-                    rows = torch.from_numpy(keep)
-                    cache.select(rows)
-                    static, token = static[rows], {k: v[rows] for k, v in token.items()}
-                    slot_user, time_s, steps, last, recent, memory, active = (
-                        x[keep] for x in (slot_user, time_s, steps, last, recent, memory, active))
-        if not out:
-            empty = np.empty(0)
-            return {"user": empty.astype(np.int64), "time_s": empty, "type": empty.astype(np.int64),
-                    "marks": np.empty((0, len(cfg.mark_sizes)), np.int64), "amount": empty}
-        user, t, ty, mk, am = (np.concatenate(c) for c in zip(*out, strict=True))
-        order = np.lexsort((t, user))
-        return {"user": user[order], "time_s": t[order], "type": ty[order], "marks": mk[order], "amount": am[order]}
-
-    def _bos_tokens(self, rows: int, start_s: float) -> dict[str, torch.Tensor]:
-        cfg = self.model.cfg
-        return {"type": torch.full((rows,), self.model.bos, dtype=torch.long),
-                "marks": torch.zeros((rows, len(cfg.mark_sizes)), dtype=torch.long),
-                "calendar": torch.from_numpy(np.repeat(kernels.calendar(np.array([start_s])), rows, axis=0)),
-                "cont": torch.zeros((rows, 2 + cfg.n_context)),
-                "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, self.schema.recency_size), NEVER),
-                                                    np.zeros((rows, self.schema.recency_size)), np.ones(rows))),
-                "memory": torch.zeros((rows, self.schema.memory_size)),
-                "time_days": torch.zeros(rows)}
-
-    def _event_tokens(self, type_, marks, calendar, log_gap, amount_z, context, time_s, start_s, recency_now,
-                      memory_now):
-        cont = np.concatenate([log_gap[:, None], amount_z[:, None], context], axis=1).astype(np.float32)
-        return {"type": torch.from_numpy(type_), "marks": torch.from_numpy(marks),
-                "calendar": torch.from_numpy(calendar), "cont": torch.from_numpy(cont),
-                "recency": torch.from_numpy(recency_now.astype(np.float32)),
-                "memory": torch.from_numpy(memory_now),
-                "time_days": torch.from_numpy(((time_s - start_s) / 86400.0).astype(np.float32))}
-
-    def _draw(self, h: torch.Tensor, users: np.ndarray, steps: np.ndarray, time_s: np.ndarray, last: np.ndarray,
-              recent: np.ndarray, memory_now: torch.Tensor, start_s: float):
-        """The next event of every row; ``memory_now`` is the memory input of the token just fed (the
-        memory before this event), from which the amount's repeat component reads the latest amounts."""
-        model = self.model
-        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
-        gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
-        t_next = time_s + gap_h * 3600.0
-        cal_next = kernels.calendar(t_next)
-        ctx_next = context_at(t_next, self.context, self.schema)
-        seen = recency((t_next - start_s) / 86400.0, last, recent, decay_over(gap_h / 24.0))  # before the event
-        q = model.query(h, torch.from_numpy(cal_next), torch.from_numpy(np.log(gap_h).astype(np.float32)),
-                        torch.from_numpy(ctx_next), torch.from_numpy(seen))
-        probs = torch.softmax(model.type_head(q).double(), -1).numpy()
-        type_ = kernels.sample_categorical(probs, kernels.uniforms(self.seed, users, steps, PURPOSE_TYPE, 1)[:, 0])
-        cond = q + model.next_type_emb(torch.from_numpy(type_))
-        marks = np.zeros((len(users), len(model.mark_heads)), dtype=np.int64)
-        if len(model.mark_heads):
-            u_marks = kernels.uniforms(self.seed, users, steps, PURPOSE_MARKS, len(model.mark_heads))
-            for j, head in enumerate(model.mark_heads):
-                marks[:, j] = kernels.sample_categorical(torch.softmax(head(cond).double(), -1).numpy(), u_marks[:, j])
-        amount = np.full(len(users), np.nan)
-        amount_z = np.zeros(len(users), dtype=np.float32)
-        carries = np.flatnonzero(np.isin(type_, self.amount_codes))
-        if len(carries):
-            u_amount = kernels.uniforms(self.seed, users[carries], steps[carries], PURPOSE_AMOUNT, 2)
-            rows = torch.from_numpy(carries)
-            params = rowwise(model.amount_mixture, cond[rows], torch.from_numpy(marks[carries]), memory_now[rows],
-                             torch.from_numpy(type_[carries]))
-            z = kernels.sample_normal_mixture(*mixture_numpy(params), u_amount[:, 0], u_amount[:, 1])
-            which = self.amount_slot[type_[carries]]
-            amount_z[carries] = z
-            log_amount = np.maximum(z * self.amount_std[which] + self.amount_mean[which], 0.0)  # magnitudes: >= 0
-            amount[carries] = np.round(np.expm1(log_amount), 2)
-        return gap_h, t_next, cal_next, ctx_next, type_, marks, amount, amount_z, seen
+                    roll.select(keep)
+                    active = active[keep]
+        events = Events.concat(out, len(self.model.mark_heads))
+        return events.take(np.lexsort((events.time_s, events.user)))
 
 
 def generate(model_dir: str | Path, config: GenerateConfig,
@@ -276,15 +165,15 @@ def generate(model_dir: str | Path, config: GenerateConfig,
     return users, events, summary
 
 
-def events_frame(raw: dict[str, np.ndarray], user_ids: np.ndarray, schema: Schema) -> pd.DataFrame:
+def events_frame(raw: Events, user_ids: np.ndarray, schema: Schema) -> pd.DataFrame:
     """Flat sampled arrays -> an events table in the contract (categoricals, UTC timestamps)."""
     frame = pd.DataFrame({
-        "user_id": user_ids[raw["user"]],
-        "timestamp": pd.to_datetime(np.round(raw["time_s"] * 1e6).astype(np.int64), unit="us", utc=True),
-        "event_type": pd.Categorical.from_codes(raw["type"], categories=schema.event_types),
-        "amount": raw["amount"],
+        "user_id": user_ids[raw.user],
+        "timestamp": pd.to_datetime(np.round(raw.time_s * 1e6).astype(np.int64), unit="us", utc=True),
+        "event_type": pd.Categorical.from_codes(raw.type, categories=schema.event_types),
+        "amount": raw.amount,
     })
     for j, (name, vocab) in enumerate(schema.marks.items()):
-        codes = raw["marks"][:, j] - 1  # index 0 is <none>
+        codes = raw.marks[:, j] - 1  # index 0 is <none>
         frame[name] = pd.Categorical.from_codes(np.where(codes < 0, -1, codes), categories=vocab[1:])
     return frame

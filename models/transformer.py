@@ -83,15 +83,21 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
-    def step(self, x: torch.Tensor, key_bias: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        """One token per row, attending to the cache; ``key_bias`` (B, H, 1, C) from :meth:`KVCache.begin`."""
+    def step(self, x: torch.Tensor, key_bias: torch.Tensor, cache: KVCache, layer: int,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row (of the cache's ``rows``; all rows if None), attending to the cache;
+        ``key_bias`` (B, H, 1, C) from :meth:`KVCache.begin`."""
         b, d = x.shape
         q, k, v = self._split(x[:, None, :])  # (B, H, 1, dh)
-        rows = torch.arange(b)
-        cache.k[layer][rows, :, cache.slot] = k[:, :, 0]
-        cache.v[layer][rows, :, cache.slot] = v[:, :, 0]
-        scores = torch.matmul(q, cache.k[layer].transpose(-1, -2)) * self.d_head**-0.5 + key_bias
-        y = torch.matmul(torch.softmax(scores, dim=-1), cache.v[layer])
+        index = torch.arange(b) if rows is None else rows
+        slot = cache.slot[index]
+        cache.k[layer][index, :, slot] = k[:, :, 0]
+        cache.v[layer][index, :, slot] = v[:, :, 0]
+        keys, values = cache.k[layer], cache.v[layer]
+        if rows is not None:
+            keys, values = keys[rows], values[rows]
+        scores = torch.matmul(q, keys.transpose(-1, -2)) * self.d_head**-0.5 + key_bias
+        y = torch.matmul(torch.softmax(scores, dim=-1), values)
         return self.proj(y.reshape(b, d))
 
 
@@ -107,8 +113,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), time_days, valid)
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x, key_bias, cache, layer):
-        x = x + self.attn.step(self.ln1(x), key_bias, cache, layer)
+    def step(self, x, key_bias, cache, layer, rows=None):
+        x = x + self.attn.step(self.ln1(x), key_bias, cache, layer, rows)
         return x + self.mlp(self.ln2(x))
 
 
@@ -144,19 +150,25 @@ class KVCache:
         self.time_days, self.valid, self.count, self.slot = (
             x[rows] for x in (self.time_days, self.valid, self.count, self.slot))
 
-    def begin(self, time_days: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-        """Claim each row's slot for a token at ``time_days`` and return the attention bias of every key,
-        (B, H, 1, C), shared by all layers. The training bias ``-slope * (t_query - t_key)`` equals
-        ``slope * t_key`` up to a per-query constant, which softmax ignores."""
-        rows = torch.arange(len(self.slot))
-        self.valid[rows, self.slot] = True
-        self.time_days[rows, self.slot] = time_days
-        return (slopes * self.time_days[:, None, None, :]).masked_fill(~self.valid[:, None, None, :], float("-inf"))
+    def begin(self, time_days: torch.Tensor, slopes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Claim the slot of each of ``rows`` (all if None) for a token at ``time_days`` and return the
+        attention bias of every key, (B, H, 1, C), shared by all layers. The training bias
+        ``-slope * (t_query - t_key)`` equals ``slope * t_key`` up to a per-query constant, which softmax
+        ignores."""
+        index = torch.arange(len(self.slot)) if rows is None else rows
+        self.valid[index, self.slot[index]] = True
+        self.time_days[index, self.slot[index]] = time_days
+        times, valid = (self.time_days, self.valid) if rows is None else (self.time_days[rows], self.valid[rows])
+        return (slopes * times[:, None, None, :]).masked_fill(~valid[:, None, None, :], float("-inf"))
 
-    def advance(self) -> None:
-        """Move every row to its next slot (slot 0 keeps the BOS; events cycle through 1..W)."""
-        self.count += 1
-        self.slot = 1 + self.count % (self.valid.shape[1] - 1)
+    def advance(self, rows: torch.Tensor | None = None) -> None:
+        """Move ``rows`` (all if None) to their next slot (slot 0 keeps the BOS; events cycle through 1..W)."""
+        if rows is None:
+            self.count += 1
+            self.slot = 1 + self.count % (self.valid.shape[1] - 1)
+        else:
+            self.count[rows] += 1
+            self.slot[rows] = 1 + self.count[rows] % (self.valid.shape[1] - 1)
 
 
 class EventTransformer(nn.Module):
@@ -270,11 +282,13 @@ class EventTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def step(self, token: dict[str, torch.Tensor], static: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed one token per row (written into the cache) and return the hidden state (B, d)."""
-        key_bias = cache.begin(token["time_days"], self.blocks[0].attn.slopes)
+    def step(self, token: dict[str, torch.Tensor], static: torch.Tensor, cache: KVCache,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token per row of the cache's ``rows`` (all rows if None; ``token`` and ``static`` hold
+        those rows only), written into the cache, and return the hidden state (B, d)."""
+        key_bias = cache.begin(token["time_days"], self.blocks[0].attn.slopes, rows)
         x = self.embed(token, static)
         for layer, block in enumerate(self.blocks):
-            x = block.step(x, key_bias, cache, layer)
-        cache.advance()
+            x = block.step(x, key_bias, cache, layer, rows)
+        cache.advance(rows)
         return self.ln_f(x)
