@@ -258,6 +258,68 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
                f"({summary['events_per_second']:,.0f} events/s)")
 
 
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("-n", "--users", type=int, default=None,
+              help="New synthetic customers to simulate (default 1000; with --history: the log's customers).")
+@click.option("--start", default=None, callback=_parse_date,
+              help="First simulated day, YYYY-MM-DD (with --history default: the day after its last event).")
+@click.option("--days", default=30, show_default=True, help="Simulated days.")
+@click.option("--scenario", default="baseline", show_default=True,
+              help="A scenario TOML file, or a built-in: baseline, travel_card_push.")
+@click.option("--seed", default=0, show_default=True, help="Seed of every user's random streams.")
+@click.option("--history-days", default=30, show_default=True,
+              help="Days of history sampled for new customers before --start (written to history/).")
+@click.option("--history", "history", type=click.Path(path_type=Path), default=None,
+              help="An event log (with users table) whose customers are continued from their last event.")
+@click.option("--cohort-size", default=16_384, show_default=True,
+              help="Users simulated together; memory grows with it (about 35 KB a user).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted run in --output (same options).")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it holds something.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def simulate(model_dir: Path, users: int | None, start: date | None, days: int, scenario: str, seed: int,
+             history_days: int, history: Path | None, cohort_size: int, output: Path, resume: bool, overwrite: bool,
+             quiet: bool) -> None:
+    """Simulate a population of synthetic customers living on in time, under a scenario.
+
+    Events stream into OUTPUT/events/date=YYYY-MM-DD/ (Parquet, one partition per day), with users.parquet
+    and manifest.json (config, seed, model hash, counts, timings). Same seed and options: same output.
+
+    \b
+    Examples:
+      twinsim simulate runs/model --users 100000 --start 2026-01-01 --days 30 -o runs/sim
+      twinsim simulate runs/model --users 100000 --start 2026-01-01 --days 30 \\
+          --scenario travel_card_push -o runs/sim-campaign
+      twinsim simulate runs/model --history runs/world --days 30 -o runs/twins
+    """
+    import time
+
+    from simulator.engine import Progress, SimulateConfig
+    from simulator.engine import simulate as run
+
+    if users is not None and history is not None:
+        raise TwinsimError("give either --users (new customers) or --history (continue a log's customers), not both")
+    config = SimulateConfig(users=None if history else (users or 1000), start=str(start) if start else None,
+                            days=days, seed=seed, scenario=scenario, history_days=history_days,
+                            history=str(history) if history else None, cohort_size=cohort_size)
+    shown = [0.0]
+
+    def on_progress(p: Progress) -> None:
+        now = time.monotonic()
+        if quiet or (now - shown[0] < 2.0 and p.fraction < 1.0):
+            return
+        shown[0] = now
+        click.echo(f"cohort {p.cohort + 1}/{p.cohorts}  {p.date:%Y-%m-%d}  {p.events:,} events  "
+                   f"{p.events_per_s:,.0f} events/s  {p.alive:,} users alive  {p.fraction:.0%} done  "
+                   f"ETA {p.eta_s / 60:.1f} min", err=True)
+
+    manifest = run(model_dir, config, output, resume=resume, overwrite=overwrite, on_progress=on_progress)
+    click.echo(f"simulated {manifest['users']:,} users: {manifest['events']:,} events in {config.days} days "
+               f"(+ {manifest['history_events']:,} history events, {manifest['exposures']:,} campaign exposures) "
+               f"to {output} ({manifest['events_per_second_this_attempt']:,} events/s)")
+
+
 def _parse_response(ctx, param, value: str | None) -> tuple[str, str] | None:
     if value is None:
         return None

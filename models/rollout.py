@@ -64,11 +64,12 @@ class Events:
 
 
 class Rollout:
-    """``width`` rows of users being sampled; ``origin_s`` is the time (epoch seconds) the cache's and the
+    """``width`` rows of users being sampled, plus ``idle`` rows that only pad small subsets (at least
+    MIN_ROWS of them if subsets are stepped); ``origin_s`` is the time (epoch seconds) the cache's and the
     recency inputs' day counts start from."""
 
     def __init__(self, model: EventTransformer, schema: Schema, context: pd.DataFrame | None, seed: int,
-                 width: int, origin_s: float) -> None:
+                 width: int, origin_s: float, idle: int = 0) -> None:
         self.model, self.schema, self.context, self.seed, self.origin_s = model, schema, context, seed, origin_s
         cfg = model.cfg
         self.amount_codes = np.array(schema.amount_codes, dtype=np.int64)
@@ -76,17 +77,19 @@ class Rollout:
         self.amount_mean = np.array([schema.amount_log_mean[t] for t in schema.amount_types])
         self.amount_std = np.array([schema.amount_log_std[t] for t in schema.amount_types])
         self.terminal = np.array(schema.terminal_codes, dtype=np.int64)
-        self.width = width
-        self.cache = KVCache.empty(cfg, width)
-        self.user = np.zeros(width, dtype=np.int64)  # the key of each row's random streams
-        self.static = torch.zeros(width, cfg.d_model)
-        self.time_s = np.full(width, origin_s)  # time of the row's latest event (or of its start)
-        self.steps = np.zeros(width, dtype=np.int64)  # events drawn or imposed so far
-        self.last = np.full((width, schema.recency_size), NEVER)  # days since origin, per recency column
-        self.recent = np.zeros((width, schema.recency_size))  # decayed counts per column, as of time_s
-        self.memory = np.zeros((width, schema.memory_size))  # raw memory (kernels.remember), as of time_s
-        self.token = self._bos_tokens(width, origin_s)
+        self.width, self.idle = width + idle, np.arange(width, width + idle)
+        rows = self.width
+        self.cache = KVCache.empty(cfg, rows)
+        self.user = np.zeros(rows, dtype=np.int64)  # the key of each row's random streams
+        self.static = torch.zeros(rows, cfg.d_model)
+        self.time_s = np.full(rows, origin_s)  # time of the row's latest event (or of its start)
+        self.steps = np.zeros(rows, dtype=np.int64)  # events drawn or imposed so far
+        self.last = np.full((rows, schema.recency_size), NEVER)  # days since origin, per recency column
+        self.recent = np.zeros((rows, schema.recency_size))  # decayed counts per column, as of time_s
+        self.memory = np.zeros((rows, schema.memory_size))  # raw memory (kernels.remember), as of time_s
+        self.token = self._bos_tokens(rows, origin_s)
         self.pending: dict[str, np.ndarray] = {}  # the next event of every row (see ``_draw``)
+        self.cache.reset(torch.arange(rows))
 
     # -- rows -------------------------------------------------------------------------------------------------
     def start(self, rows: np.ndarray, users: np.ndarray, static: torch.Tensor, start_s: float | np.ndarray) -> None:
@@ -101,8 +104,9 @@ class Rollout:
             self.token[k][index] = bos[k]
 
     def select(self, keep: np.ndarray) -> None:
-        """Keep only rows ``keep`` (in that order)."""
+        """Keep only rows ``keep`` (in that order); idle rows are not kept."""
         index = torch.from_numpy(keep)
+        self.idle = np.empty(0, dtype=np.int64)
         self.cache.select(index)
         self.static, self.token = self.static[index], {k: v[index] for k, v in self.token.items()}
         self.user, self.time_s, self.steps, self.last, self.recent, self.memory = (
@@ -113,17 +117,30 @@ class Rollout:
     # -- moves ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def propose(self, rows: np.ndarray | None = None) -> None:
-        """Feed each row's latest token to the model and draw its pending next event (all rows if None;
-        a subset must hold at least MIN_ROWS rows, see ``models/rowwise.py``)."""
+        """Feed each row's latest token to the model and draw its pending next event (all rows if None)."""
         if rows is None:
             h = self.model.step(self.token, self.static, self.cache)
             self._store(slice(None), self._draw(h, slice(None)))
             return
-        if len(rows) < MIN_ROWS:
-            raise ValueError(f"propose needs at least {MIN_ROWS} rows (got {len(rows)}); pad with idle rows")
+        rows = self._padded(rows)
+        self._store(rows, self._draw(self._step(rows), rows))
+
+    @torch.no_grad()
+    def feed(self, rows: np.ndarray) -> None:
+        """Feed each row's latest token to the model without drawing (replaying a known history)."""
+        self._step(self._padded(rows))
+
+    def _step(self, rows: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(rows)
-        h = self.model.step({k: v[index] for k, v in self.token.items()}, self.static[index], self.cache, index)
-        self._store(rows, self._draw(h, rows))
+        return self.model.step({k: v[index] for k, v in self.token.items()}, self.static[index], self.cache, index)
+
+    def _padded(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` and enough idle rows for a network call of at least MIN_ROWS rows (models/rowwise.py)."""
+        if len(rows) >= MIN_ROWS:
+            return rows
+        if len(self.idle) < MIN_ROWS - len(rows):
+            raise ValueError(f"stepping {len(rows)} rows needs {MIN_ROWS} idle rows (Rollout(idle=MIN_ROWS))")
+        return np.concatenate([rows, self.idle[: MIN_ROWS - len(rows)]])
 
     def impose(self, rows: np.ndarray, time_s: np.ndarray, type_: np.ndarray, marks: np.ndarray,
                amount: np.ndarray) -> None:

@@ -1,0 +1,80 @@
+"""Who is simulated: new customers drawn from the model, or the customers of a given event log.
+
+Either way a population is a users table (the event-log contract), the model's static inputs for each
+user, and for a given log each user's own history (model codes, sorted by time) to continue from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.encoding import Schema, encode, static_arrays
+from models.errors import TwinsimError
+from models.event_log import load_event_log
+from models.generate import sample_attributes
+
+
+@dataclass
+class History:
+    """Known events per user: flat arrays (users contiguous, sorted by time) with ``offsets``."""
+
+    offsets: np.ndarray
+    time_s: np.ndarray
+    type: np.ndarray
+    marks: np.ndarray
+    amount: np.ndarray
+
+    def of(self, users: np.ndarray) -> History:
+        """The histories of ``users`` (indices), in that order."""
+        counts = np.diff(self.offsets)[users]
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        index = np.repeat(self.offsets[users], counts) + within
+        return History(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.time_s[index],
+                       self.type[index], self.marks[index], self.amount[index])
+
+
+@dataclass
+class Population:
+    users: pd.DataFrame
+    static_cat: np.ndarray
+    static_num: np.ndarray
+    history: History | None = None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def new_population(model_dir: Path, schema: Schema, n: int, seed: int) -> Population:
+    """``n`` new customers with attributes drawn from the model's learned joint frequencies."""
+    users = sample_attributes(model_dir, schema, n, seed, {})
+    return Population(users, *static_arrays(users, schema))
+
+
+def history_population(path: Path, schema: Schema) -> Population:
+    """The customers of the event log at ``path`` (with events), each with their own history."""
+    log = load_event_log(path)
+    if log.users is None:
+        raise TwinsimError(f"--history {path}: no users table found; the model needs each customer's attributes "
+                           f"{list(schema.categorical_attributes) + list(schema.numeric_attributes)}: put a "
+                           "users.parquet (user_id + attributes) beside the events")
+    missing = [a for a in [*schema.categorical_attributes, *schema.numeric_attributes] if a not in log.users]
+    if missing:
+        raise TwinsimError(f"--history {path}: the users table lacks attribute column(s) {missing} the model was "
+                           "trained with; add them (see the model's model.json, schema)")
+    encoded = encode(log, schema)
+    users = log.users.set_index("user_id").loc[encoded.user_ids].reset_index()
+    history = History(encoded.offsets, encoded.time_s, encoded.event_type, encoded.marks, encoded.amount)
+    return Population(users, encoded.static_cat, encoded.static_num, history)
+
+
+def day_floor(t: pd.Timestamp) -> pd.Timestamp:
+    return t.normalize()
+
+
+def as_utc(t: pd.Timestamp | str) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
