@@ -43,6 +43,19 @@ def small_log(small_world):
     return load_event_log(small_world)
 
 
+TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "window": 16, "mixture": 4}
+
+
+@pytest.fixture(scope="session")
+def model_dir(small_log, tmp_path_factory) -> Path:
+    """A tiny transformer trained for 3 epochs on the small world."""
+    from models.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    train(small_log, out, model_overrides=TINY, config=TrainConfig(epochs=3, batch_size=32, seed=1))
+    return out
+
+
 @pytest.fixture
 def good_events() -> pd.DataFrame:
     return pd.DataFrame({

@@ -14,7 +14,7 @@ from models.training import TrainConfig, train
 from models.validation.run import differential_privacy
 
 pytest.importorskip("opacus")
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "window": 16, "mixture": 4}
+from conftest import TINY
 
 
 def _plan(noise: float, clip: float = 1.0, rate: float = 0.5) -> PrivacyPlan:

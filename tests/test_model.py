@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 
 from models import TwinModel
 from models.encoding import encode, fit_schema, split_of
@@ -17,15 +18,6 @@ from models.generate import GenerateConfig, generate
 from models.model_dir import load_model
 from models.training import TrainConfig, train
 from models.windows import CENSOR, EVENT, collate, make_windows, user_ended
-
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "window": 16, "mixture": 4}
-
-
-@pytest.fixture(scope="session")
-def model_dir(small_log, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "m"
-    train(small_log, out, model_overrides=TINY, config=TrainConfig(epochs=3, batch_size=32, seed=1))
-    return out
 
 
 def test_every_event_is_predicted_exactly_once_and_open_users_are_censored_once(small_log):
