@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--history-days", type=int, default=30)
-    parser.add_argument("--start", default="2026-01-01")
+    parser.add_argument("--start", default="2025-06-01", help="inside the default model's training window")
     parser.add_argument("--naive-users", type=int, default=300, help="users for the naive comparison (0: skip)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one engine run

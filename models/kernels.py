@@ -138,7 +138,7 @@ def sample_lognormal_mixture(weights, log_means, log_scales, u_component, u_valu
     return np.exp(sample_normal_mixture(weights, log_means, log_scales, u_component, u_value))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, parallel=True)
 def recency_features(now_days, last_days, recent, decay, linear_cap, anchors):
     """(n, (3 + a)k) float32 for every row's k recency columns: log(1 + days since), min(days since, cap) / 7,
     log(1 + the decayed count ``recent`` times ``decay``), then log(1 + days since) spread over ``a`` hat
@@ -147,7 +147,7 @@ def recency_features(now_days, last_days, recent, decay, linear_cap, anchors):
     n, k = last_days.shape
     a = len(anchors)
     out = np.zeros((n, (3 + a) * k), dtype=np.float32)
-    for i in range(n):
+    for i in nb.prange(n):
         for j in range(k):
             since = max(now_days[i] - last_days[i, j], 0.0)
             x = math.log1p(since)

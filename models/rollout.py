@@ -36,6 +36,7 @@ from models.transformer import EventTransformer, KVCache
 from models.windows import decay_over, mark_happened, recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
+FULL_STEP_SHARE = 0.25  # rows stepped on the prefix they make up at least this share of (see ``_step``)
 
 
 @dataclass
@@ -104,15 +105,16 @@ class Rollout:
             self.token[k][index] = bos[k]
 
     def select(self, keep: np.ndarray) -> None:
-        """Keep only rows ``keep`` (in that order); idle rows are not kept."""
+        """Keep only rows ``keep``, in that order, followed by the idle rows."""
+        keep = np.concatenate([keep, self.idle])
         index = torch.from_numpy(keep)
-        self.idle = np.empty(0, dtype=np.int64)
         self.cache.select(index)
         self.static, self.token = self.static[index], {k: v[index] for k, v in self.token.items()}
         self.user, self.time_s, self.steps, self.last, self.recent, self.memory = (
             x[keep] for x in (self.user, self.time_s, self.steps, self.last, self.recent, self.memory))
         self.pending = {k: v[keep] for k, v in self.pending.items()}
         self.width = len(keep)
+        self.idle = np.arange(self.width - len(self.idle), self.width)
 
     # -- moves ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,7 +133,15 @@ class Rollout:
         self._step(self._padded(rows))
 
     def _step(self, rows: np.ndarray) -> torch.Tensor:
+        """Feed ``rows``' tokens (sorted) and return their hidden states. Rows that fill a good share of
+        the prefix of the batch up to the last of them are computed on that prefix, as views (every row of
+        it computed, only ``rows`` fed): gathering many rows out of the cache copies them, which costs
+        more than computing the rows in between."""
         index = torch.from_numpy(rows)
+        m = max(int(rows[-1]) + 1, MIN_ROWS)
+        if len(rows) >= MIN_ROWS and len(rows) >= FULL_STEP_SHARE * m:
+            token = {k: v[:m] for k, v in self.token.items()}
+            return self.model.step(token, self.static[:m], self.cache.prefix(m), only=index)[index]
         return self.model.step({k: v[index] for k, v in self.token.items()}, self.static[index], self.cache, index)
 
     def _padded(self, rows: np.ndarray) -> np.ndarray:

@@ -84,12 +84,15 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def step(self, x: torch.Tensor, key_bias: torch.Tensor, cache: KVCache, layer: int,
-             rows: torch.Tensor | None = None) -> torch.Tensor:
+             rows: torch.Tensor | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
         """One token per row (of the cache's ``rows``; all rows if None), attending to the cache;
-        ``key_bias`` (B, H, 1, C) from :meth:`KVCache.begin`."""
+        ``key_bias`` (B, H, 1, C) from :meth:`KVCache.begin`. With ``only`` (and ``rows`` None) every row
+        is computed but only the rows ``only`` write their token into the cache."""
         b, d = x.shape
         q, k, v = self._split(x[:, None, :])  # (B, H, 1, dh)
         index = torch.arange(b) if rows is None else rows
+        if only is not None:  # all rows computed, only these written
+            index, k, v = only, k[only], v[only]
         slot = cache.slot[index]
         cache.k[layer][index, :, slot] = k[:, :, 0]
         cache.v[layer][index, :, slot] = v[:, :, 0]
@@ -113,8 +116,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), time_days, valid)
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x, key_bias, cache, layer, rows=None):
-        x = x + self.attn.step(self.ln1(x), key_bias, cache, layer, rows)
+    def step(self, x, key_bias, cache, layer, rows=None, only=None):
+        x = x + self.attn.step(self.ln1(x), key_bias, cache, layer, rows, only)
         return x + self.mlp(self.ln2(x))
 
 
@@ -143,6 +146,11 @@ class KVCache:
         self.count[rows] = -1
         self.slot[rows] = 0
 
+    def prefix(self, m: int) -> KVCache:
+        """The first ``m`` rows, as views: what a step on them writes lands in this cache."""
+        return KVCache(k=[t[:m] for t in self.k], v=[t[:m] for t in self.v], time_days=self.time_days[:m],
+                       valid=self.valid[:m], count=self.count[:m], slot=self.slot[:m])
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (in that order)."""
         self.k = [t[rows] for t in self.k]
@@ -150,12 +158,15 @@ class KVCache:
         self.time_days, self.valid, self.count, self.slot = (
             x[rows] for x in (self.time_days, self.valid, self.count, self.slot))
 
-    def begin(self, time_days: torch.Tensor, slopes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Claim the slot of each of ``rows`` (all if None) for a token at ``time_days`` and return the
-        attention bias of every key, (B, H, 1, C), shared by all layers. The training bias
-        ``-slope * (t_query - t_key)`` equals ``slope * t_key`` up to a per-query constant, which softmax
-        ignores."""
+    def begin(self, time_days: torch.Tensor, slopes: torch.Tensor, rows: torch.Tensor | None = None,
+              only: torch.Tensor | None = None) -> torch.Tensor:
+        """Claim the slot of each of ``rows`` (all if None; only ``only`` if given) for a token at
+        ``time_days`` and return the attention bias of every key, (B, H, 1, C), shared by all layers. The
+        training bias ``-slope * (t_query - t_key)`` equals ``slope * t_key`` up to a per-query constant,
+        which softmax ignores."""
         index = torch.arange(len(self.slot)) if rows is None else rows
+        if only is not None:
+            index, time_days = only, time_days[only]
         self.valid[index, self.slot[index]] = True
         self.time_days[index, self.slot[index]] = time_days
         times, valid = (self.time_days, self.valid) if rows is None else (self.time_days[rows], self.valid[rows])
@@ -283,12 +294,14 @@ class EventTransformer(nn.Module):
     # ------------------------------------------------------------------------------------- generation
     @torch.no_grad()
     def step(self, token: dict[str, torch.Tensor], static: torch.Tensor, cache: KVCache,
-             rows: torch.Tensor | None = None) -> torch.Tensor:
+             rows: torch.Tensor | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one token per row of the cache's ``rows`` (all rows if None; ``token`` and ``static`` hold
-        those rows only), written into the cache, and return the hidden state (B, d)."""
-        key_bias = cache.begin(token["time_days"], self.blocks[0].attn.slopes, rows)
+        those rows only), written into the cache, and return the hidden state (B, d). ``only`` (with
+        ``rows`` None): compute every row, but feed only these (the others' outputs are meaningless);
+        cheaper than gathering a large subset of the cache."""
+        key_bias = cache.begin(token["time_days"], self.blocks[0].attn.slopes, rows, only)
         x = self.embed(token, static)
         for layer, block in enumerate(self.blocks):
-            x = block.step(x, key_bias, cache, layer, rows)
-        cache.advance(rows)
+            x = block.step(x, key_bias, cache, layer, rows, only)
+        cache.advance(rows if only is None else only)
         return self.ln_f(x)

@@ -2,11 +2,11 @@
 
 The population is split into cohorts of ``cohort_size`` users, simulated one after the other, so memory
 holds one cohort's model state (about 35 KB a user) whatever the population size or the number of days.
-Within a cohort a SimPy environment runs in days:
+Within a cohort a SimPy environment keeps time in days (``simulator/cohort.py``):
 
-* the **population stepper** wakes at the end of every simulated day and advances every user whose next
-  event falls in that day, in batches (``models.rollout``): commit the due events, draw each of those
-  users' next event, repeat until nobody is due before midnight; then the day's events are written;
+* the **population stepper** runs the cohort ahead to the next time a scenario process acts (at most a
+  week): it commits, in batches (``models.rollout``), every event due before that horizon and draws each
+  user's next one, then writes the days that are done, one Parquet partition per day;
 * each **campaign** of the scenario (``scenarios/scenario.py``) wakes on its exposure days and schedules
   an exposure for the users of its segment it reaches; the stepper imposes it at its time, replacing the
   user's pending draw, and the model draws what the user does next given it.
@@ -28,21 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import simpy
 import torch
 
-from models import kernels
 from models.errors import OutputExistsError, TwinsimError
-from models.generate import events_frame
 from models.model_dir import load_model, read_table
-from models.rollout import Events, Rollout
-from models.rowwise import MIN_ROWS
-from scenarios.scenario import Campaign, Scenario, load_scenario
+from scenarios.scenario import Scenario, load_scenario
 from simulator import sink
+from simulator.cohort import DAY_S, Cohort
 from simulator.population import Population, as_utc, history_population, new_population
-
-PURPOSE_CAMPAIGN = 20  # + campaign index: exposure time and reach
-DAY_S = 86400.0
 
 
 @dataclass
@@ -152,7 +145,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                 on_progress(Progress(k, len(cohorts), date, events, alive, time.perf_counter() - started,
                                      finished / len(population)))
 
-        done[k] = run_cohort(run, k, members, report)
+        done[k] = Cohort(run, k, members, report).run_to_end()
         done[k]["seconds"] = round(time.perf_counter() - t0, 3)
         manifest["cohorts_done"] = {str(j): v for j, v in sorted(done.items())}
         sink.write_json_atomic(manifest, out / "manifest.json")
@@ -165,125 +158,6 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                                                          - events_before) / max(seconds, 1e-9)))
     sink.write_json_atomic(manifest, out / "manifest.json")
     return manifest
-
-
-def run_cohort(run: Run, cohort: int, members: np.ndarray,
-               report: Callable[[pd.Timestamp, int, int, float], None]) -> dict:
-    """Simulate the users ``members`` (population indices) from their history's start to the run's end."""
-    n = len(members)
-    roll = Rollout(run.model, run.schema, run.context, run.config.seed, n, run.begin_s, idle=MIN_ROWS)
-    pop = run.population
-    with torch.no_grad():
-        static = run.model.static(torch.from_numpy(pop.static_cat[members]), torch.from_numpy(pop.static_num[members]))
-    roll.start(np.arange(n), members, static, run.begin_s)
-    active = np.ones(n, dtype=bool)
-    if pop.history is not None:
-        _replay(roll, pop.history.of(members), active)
-    user_ids = pop.users["user_id"].to_numpy()[members]
-    campaigns = [(c, _segment(c, pop.users.iloc[members])) for c in run.scenario.campaigns]
-    push = np.full((len(campaigns), n), np.inf)  # each campaign's next exposure time per user
-    exposures: list[tuple[np.ndarray, np.ndarray, int]] = []
-    stats = {"users": n, "events": 0, "history_events": 0, "exposures": 0, "ended": int((~active).sum())}
-    env = simpy.Environment()
-    total_days = int(round((run.end_s - run.begin_s) / DAY_S))
-    roll.propose(np.flatnonzero(active))
-
-    def stepper():
-        while env.now < total_days:
-            yield env.timeout(1)  # the day [now - 1, now) is over: live it
-            day_end = run.begin_s + env.now * DAY_S
-            parts = []
-            while True:
-                t_push = push.min(axis=0) if len(campaigns) else np.full(n, np.inf)
-                t_next = roll.pending["t_next"][:n]
-                rows = np.flatnonzero(active & (np.minimum(t_next, t_push) < day_end))
-                if not len(rows):
-                    break
-                pushed = rows[t_push[rows] <= t_next[rows]]
-                if len(pushed):
-                    which = push[:, pushed].argmin(axis=0)
-                    for j, (c, _) in enumerate(campaigns):
-                        hit = pushed[which == j]
-                        if len(hit):
-                            _impose(roll, run.schema, c, hit, push[j, hit])
-                            exposures.append((hit, push[j, hit].copy(), j))
-                            push[j, hit] = np.inf
-                events = roll.commit(rows)
-                parts.append(events)
-                ended = rows[roll.is_terminal(events.type)]
-                active[ended] = False
-                going = rows[active[rows]]
-                if len(going):
-                    roll.propose(going)
-            events = Events.concat(parts, len(run.schema.marks))
-            day = pd.Timestamp(day_end - DAY_S, unit="s", tz="UTC")
-            dataset = "events" if day_end > run.start_s else "history"
-            stats["events" if dataset == "events" else "history_events"] += len(events)
-            if len(events):
-                events = events.take(np.lexsort((events.time_s, events.user)))
-                sink.write_day(run.out, dataset, day.tz_localize(None), cohort,
-                               events_frame(events, user_ids, run.schema))
-            report(day, stats["events"] + stats["history_events"], int(active.sum()), env.now / total_days)
-
-    def campaign(j: int, c: Campaign, members_in: np.ndarray):
-        for day in c.exposure_days():
-            day_s = as_utc(day).timestamp()
-            yield env.timeout((day_s - run.begin_s) / DAY_S - env.now)
-            u = kernels.uniforms(run.config.seed, members[members_in], np.full(len(members_in), int(day_s // DAY_S)),
-                                 PURPOSE_CAMPAIGN + j, 2)
-            reached = members_in[(u[:, 1] < c.reach) & active[members_in]]
-            hours = c.hours[0] + (c.hours[1] - c.hours[0]) * u[(u[:, 1] < c.reach) & active[members_in], 0]
-            push[j, reached] = day_s + hours * 3600.0
-
-    env.process(stepper())
-    for j, (c, members_in) in enumerate(campaigns):
-        env.process(campaign(j, c, members_in))
-    env.run()
-    if exposures:
-        rows = np.concatenate([e[0] for e in exposures])
-        sink.write_atomic(pd.DataFrame({
-            "user_id": user_ids[rows],
-            "timestamp": pd.to_datetime(np.round(np.concatenate([e[1] for e in exposures]) * 1e6).astype(np.int64),
-                                        unit="us", utc=True),
-            "campaign": pd.Categorical(np.concatenate([[campaigns[e[2]][0].name] * len(e[0]) for e in exposures]),
-                                       categories=[c.name for c, _ in campaigns])}),
-            run.out / "exposures" / sink.part_name(cohort))
-        stats["exposures"] = int(len(rows))
-    stats["ended"] = int((~active).sum())
-    return stats
-
-
-def _replay(roll: Rollout, history, active: np.ndarray) -> None:
-    """Feed each row's known events to the model in order (lockstep over event numbers); users whose last
-    event is terminal stay ended."""
-    lengths = np.diff(history.offsets)
-    for k in range(int(lengths.max(initial=0))):
-        rows = np.flatnonzero(lengths > k)
-        if k:
-            roll.feed(rows)
-        index = history.offsets[rows] + k
-        roll.impose(rows, history.time_s[index], history.type[index], history.marks[index], history.amount[index])
-        roll.commit(rows)
-    has = lengths > 0
-    last = history.offsets[1:][has] - 1
-    active[np.flatnonzero(has)[roll.is_terminal(history.type[last])]] = False
-
-
-def _impose(roll: Rollout, schema, c: Campaign, rows: np.ndarray, at_s: np.ndarray) -> None:
-    marks = np.zeros((len(rows), len(schema.marks)), dtype=np.int64)
-    for j, name in enumerate(schema.marks):
-        if name in c.marks:
-            marks[:, j] = schema.marks[name].index(c.marks[name])
-    roll.impose(rows, at_s, np.full(len(rows), schema.event_types.index(c.event_type)), marks,
-                np.full(len(rows), np.nan))
-
-
-def _segment(c: Campaign, users: pd.DataFrame) -> np.ndarray:
-    """Positions (within the cohort) of the users in the campaign's segment."""
-    mask = np.ones(len(users), dtype=bool)
-    for name, values in c.segment.items():
-        mask &= users[name].astype(str).isin(values).to_numpy()
-    return np.flatnonzero(mask)
 
 
 def _start(config: SimulateConfig, population: Population) -> pd.Timestamp:
