@@ -288,8 +288,8 @@ def simulate(model_dir: Path, users: int | None, start: date | None, days: int, 
 
     \b
     Examples:
-      twinsim simulate runs/model --users 100000 --start 2026-01-01 --days 30 -o runs/sim
-      twinsim simulate runs/model --users 100000 --start 2026-01-01 --days 30 \\
+      twinsim simulate runs/model --users 100000 --start 2025-06-01 --days 30 -o runs/sim
+      twinsim simulate runs/model --users 100000 --start 2025-06-01 --days 30 \\
           --scenario travel_card_push -o runs/sim-campaign
       twinsim simulate runs/model --history runs/world --days 30 -o runs/twins
     """

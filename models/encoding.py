@@ -152,14 +152,12 @@ class EncodedLog:
     def subset(self, mask: np.ndarray) -> EncodedLog:
         """The users where ``mask`` is true (events stay contiguous)."""
         users = np.flatnonzero(mask)
-        counts = self.lengths[users]
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        index = np.repeat(self.offsets[users], counts) + within
+        offsets, index = user_rows(self.offsets, users)
         per_event = ("event_type", "marks", "time_s", "log_gap", "amount", "amount_z", "calendar", "context",
                      "last_days", "recent", "memory")
         return EncodedLog(
             user_ids=self.user_ids[users],
-            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            offsets=offsets,
             **{name: getattr(self, name)[index] for name in per_event},
             static_cat=self.static_cat[users],
             static_num=self.static_num[users],
@@ -298,6 +296,13 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         static_num=static_num,
         window_end_s=schema.window_end_s,
     )
+
+
+def user_rows(offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For flat per-event arrays with per-user ``offsets``: (offsets, event index) of ``users``, in that order."""
+    counts = np.diff(offsets)[users]
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), np.repeat(offsets[users], counts) + within
 
 
 def memory_inputs(state: np.ndarray, n_amount: int) -> np.ndarray:

@@ -36,7 +36,8 @@ class Cohort:
         self.run, self.cohort, self.report = run, cohort, report
         pop, n = run.population, len(members)
         self.n = n
-        self.roll = Rollout(run.model, run.schema, run.context, run.config.seed, n, run.begin_s, idle=MIN_ROWS)
+        self.roll = Rollout(run.model, run.schema, run.context, run.config.seed, n, run.begin_s, idle=MIN_ROWS,
+                            cache=run.cache)
         with torch.no_grad():
             static = run.model.static(torch.from_numpy(pop.static_cat[members]),
                                       torch.from_numpy(pop.static_num[members]))

@@ -23,7 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ import torch
 
 from models.errors import OutputExistsError, TwinsimError
 from models.model_dir import load_model, read_table
+from models.rowwise import MIN_ROWS
+from models.transformer import KVCache
 from scenarios.scenario import Scenario, load_scenario
 from simulator import sink
 from simulator.cohort import DAY_S, Cohort
@@ -97,7 +99,7 @@ class Run:
     begin_s: float  # where users' histories begin (sampled warm-up or the given log)
     start_s: float  # the first simulated second
     end_s: float
-    counts: dict = field(default_factory=dict)
+    cache: KVCache | None = None  # one key-value cache for every cohort (allocating it is not free)
 
 
 def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, resume: bool = False,
@@ -122,7 +124,8 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     else:
         begin_s = start_s - config.history_days * DAY_S
     run = Run(model, schema, read_table(model_dir, "context"), population, scenario, config, out, begin_s,
-              start_s, start_s + config.days * DAY_S)
+              start_s, start_s + config.days * DAY_S,
+              KVCache.empty(model.cfg, min(config.cohort_size, len(population)) + MIN_ROWS))
     identity = {"config": asdict(config), "start": start.isoformat(), "model": str(model_dir),
                 "model_sha256": _model_hash(model_dir), "scenario": scenario.to_json(),
                 "scenario_sha256": hashlib.sha256(json.dumps(scenario.to_json(), sort_keys=True).encode()).hexdigest()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.encoding import Schema, encode, static_arrays
+from models.encoding import Schema, encode, static_arrays, user_rows
 from models.errors import TwinsimError
 from models.event_log import load_event_log
 from models.generate import sample_attributes
@@ -30,11 +30,8 @@ class History:
 
     def of(self, users: np.ndarray) -> History:
         """The histories of ``users`` (indices), in that order."""
-        counts = np.diff(self.offsets)[users]
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        index = np.repeat(self.offsets[users], counts) + within
-        return History(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.time_s[index],
-                       self.type[index], self.marks[index], self.amount[index])
+        offsets, index = user_rows(self.offsets, users)
+        return History(offsets, self.time_s[index], self.type[index], self.marks[index], self.amount[index])
 
 
 @dataclass
@@ -69,10 +66,6 @@ def history_population(path: Path, schema: Schema) -> Population:
     users = log.users.set_index("user_id").loc[encoded.user_ids].reset_index()
     history = History(encoded.offsets, encoded.time_s, encoded.event_type, encoded.marks, encoded.amount)
     return Population(users, encoded.static_cat, encoded.static_num, history)
-
-
-def day_floor(t: pd.Timestamp) -> pd.Timestamp:
-    return t.normalize()
 
 
 def as_utc(t: pd.Timestamp | str) -> pd.Timestamp:

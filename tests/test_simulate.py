@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import cli
 from models.errors import TwinsimError
+from models.event_log import load_event_log
 from models.generate import GenerateConfig, generate
 from models.model_dir import load_model
 from scenarios.scenario import load_scenario
@@ -78,6 +79,8 @@ def test_day_partitions_users_table_manifest_and_same_seed_same_run(model_dir, t
     assert manifest["events"] == len(a) and manifest["history_events"] == len(history)
     assert len(manifest["model_sha256"]) == 64 and manifest["config"]["seed"] == 2
     assert not list((tmp_path / "a").rglob(".*.tmp"))
+    log = load_event_log(tmp_path / "a")  # a run directory is an event log: inspect, train, validate read it
+    assert len(log.events) == len(a) and len(log.users) == 60
 
 
 def test_a_campaign_changes_only_the_users_it_reaches_and_only_from_their_exposure(model_dir, tmp_path):
