@@ -191,7 +191,8 @@ def _open_run(out: Path, identity: dict, resume: bool, overwrite: bool) -> dict:
         if not path.exists():
             raise TwinsimError(f"--resume: {out} holds no run to resume (no manifest.json); start it without --resume")
         manifest = json.loads(path.read_text())
-        differs = [k for k in identity if json.dumps(manifest.get(k), sort_keys=True, default=str)
+        differs = [k for k in identity if k != "model"  # the path may be spelled otherwise; its hash may not
+                   and json.dumps(manifest.get(k), sort_keys=True, default=str)
                    != json.dumps(identity[k], sort_keys=True, default=str)]
         if differs:
             raise TwinsimError(f"--resume: {out} was started with a different {', '.join(differs)}; rerun with the "
