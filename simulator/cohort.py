@@ -42,8 +42,9 @@ class Cohort:
             static = run.model.static(torch.from_numpy(pop.static_cat[members]),
                                       torch.from_numpy(pop.static_num[members]))
         self.roll.start(np.arange(n), members, static, run.begin_s)
-        # per row: population index, alive, campaign state
-        self.who = members.copy()
+        # per row: population index (the key of the user's random streams), user id, alive, campaign state
+        self.members = members
+        self.user_ids = pop.users["user_id"].to_numpy()[members]
         self.active = np.ones(n, dtype=bool)
         self.campaigns = run.scenario.campaigns
         self.in_segment = np.array([_segment(c, pop.users.iloc[members]) for c in self.campaigns]).reshape(-1, n)
@@ -84,7 +85,7 @@ class Cohort:
             day_s = as_utc(day).timestamp()
             yield env.timeout((day_s - self.run.begin_s) / DAY_S - env.now)
             rows = np.flatnonzero(self.in_segment[j] & self.active)
-            u = kernels.uniforms(self.run.config.seed, self.who[rows], np.full(len(rows), int(day_s // DAY_S)),
+            u = kernels.uniforms(self.run.config.seed, self.members[rows], np.full(len(rows), int(day_s // DAY_S)),
                                  PURPOSE_CAMPAIGN + j, 2)
             hit = u[:, 1] < c.reach
             self.push[j, rows[hit]] = day_s + (c.hours[0] + (c.hours[1] - c.hours[0]) * u[hit, 0]) * 3600.0
@@ -106,10 +107,9 @@ class Cohort:
                     hit = pushed[which == j]
                     if len(hit):
                         _impose(roll, self.run.schema, c, hit, push[j, hit])
-                        self.exposures.append((self.who[hit], push[j, hit].copy(), j))
+                        self.exposures.append((hit, push[j, hit].copy(), j))
                         push[j, hit] = np.inf
             events = roll.commit(rows)
-            events.user = self.who[rows]
             day = ((events.time_s - self.run.begin_s) // DAY_S).astype(np.int64)
             for d in np.unique(day):
                 self.buffers.setdefault(int(d), []).append(events.take(np.flatnonzero(day == d)))
@@ -136,7 +136,7 @@ class Cohort:
 
     # -- output -----------------------------------------------------------------------------------------------
     def _write_days(self, until: int) -> None:
-        run, user_ids = self.run, self.run.population.users["user_id"].to_numpy()
+        run = self.run
         for d in range(self.written, until):
             events = Events.concat(self.buffers.pop(d, []), len(run.schema.marks))
             day_start = run.begin_s + d * DAY_S
@@ -145,7 +145,7 @@ class Cohort:
             day = pd.Timestamp(day_start, unit="s")
             if len(events):
                 events = events.take(np.lexsort((events.time_s, events.user)))
-                sink.write_day(run.out, dataset, day, self.cohort, events_frame(events, user_ids, run.schema))
+                sink.write_day(run.out, dataset, day, self.cohort, events_frame(events, self.user_ids, run.schema))
             self.report(day.tz_localize("UTC"), self.stats["events"] + self.stats["history_events"],
                         int(self.active.sum()), (d + 1) / self.total_days)
         self.written = until
@@ -153,17 +153,17 @@ class Cohort:
     def _write_exposures(self) -> None:
         if not self.exposures:
             return
-        who = np.concatenate([e[0] for e in self.exposures])
+        rows = np.concatenate([e[0] for e in self.exposures])
         at = np.concatenate([e[1] for e in self.exposures])
         names = [c.name for c in self.campaigns]
-        order = np.lexsort((at, who))
+        order = np.lexsort((at, rows))
         sink.write_atomic(pd.DataFrame({
-            "user_id": self.run.population.users["user_id"].to_numpy()[who[order]],
+            "user_id": self.user_ids[rows[order]],
             "timestamp": pd.to_datetime(np.round(at[order] * 1e6).astype(np.int64), unit="us", utc=True),
             "campaign": pd.Categorical.from_codes(np.concatenate([[e[2]] * len(e[0]) for e in self.exposures])[order],
                                                   categories=names)}),
             self.run.out / "exposures" / sink.part_name(self.cohort))
-        self.stats["exposures"] = len(who)
+        self.stats["exposures"] = len(rows)
 
 
 def _impose(roll: Rollout, schema, c: Campaign, rows: np.ndarray, at_s: np.ndarray) -> None:
