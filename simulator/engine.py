@@ -66,7 +66,8 @@ class SimulateConfig:
 
 @dataclass
 class Progress:
-    """What a progress line shows; ``fraction`` of the whole run done."""
+    """What a progress line shows: ``events`` sampled by this attempt (history included) in ``elapsed_s``,
+    users alive in the current cohort, ``fraction`` of the whole run done."""
 
     cohort: int
     cohorts: int
@@ -135,21 +136,23 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     cohorts = [np.arange(i, min(i + config.cohort_size, len(population)))
                for i in range(0, len(population), config.cohort_size)]
     done = {int(k): v for k, v in manifest["cohorts_done"].items()}
-    started, events_before = time.perf_counter(), sum(v["events"] for v in done.values())
+    started, sampled = time.perf_counter(), 0  # events sampled by this attempt, in finished cohorts
     for k, members in enumerate(cohorts):
         if k in done:
             continue
         sink.remove_cohort(out, k)  # whatever an interrupted attempt left
         t0 = time.perf_counter()
 
-        def report(date: pd.Timestamp, events: int, alive: int, fraction_of_cohort: float, k=k) -> None:
+        def report(date: pd.Timestamp, events: int, alive: int, fraction_of_cohort: float, k=k,
+                   before=sampled) -> None:
             if on_progress is not None:
                 finished = sum(len(cohorts[j]) for j in done) + fraction_of_cohort * len(cohorts[k])
-                on_progress(Progress(k, len(cohorts), date, events, alive, time.perf_counter() - started,
-                                     finished / len(population)))
+                on_progress(Progress(k, len(cohorts), date, before + events, alive,
+                                     time.perf_counter() - started, finished / len(population)))
 
         done[k] = Cohort(run, k, members, report).run_to_end()
         done[k]["seconds"] = round(time.perf_counter() - t0, 3)
+        sampled += done[k]["events"] + done[k]["history_events"]
         manifest["cohorts_done"] = {str(j): v for j, v in sorted(done.items())}
         sink.write_json_atomic(manifest, out / "manifest.json")
     totals = {key: int(sum(v[key] for v in done.values())) for key in ("events", "history_events", "exposures",
@@ -157,8 +160,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     seconds = time.perf_counter() - started
     manifest.update(status="complete", users=len(population), cohorts=len(cohorts), **totals,
                     seconds_this_attempt=round(seconds, 3),
-                    events_per_second_this_attempt=round((totals["events"] + totals["history_events"]
-                                                         - events_before) / max(seconds, 1e-9)))
+                    events_per_second_this_attempt=round(sampled / max(seconds, 1e-9)))
     sink.write_json_atomic(manifest, out / "manifest.json")
     return manifest
 

@@ -120,6 +120,14 @@ def test_a_killed_run_resumes_to_the_same_output(model_dir, tmp_path):
         if progress.cohort == 1 and progress.date >= pd.Timestamp("2025-02-05", tz="UTC"):
             raise KeyboardInterrupt
 
+    seen = []
+
+    def watch(progress):
+        seen.append(progress)
+
+    full = simulate(model_dir, config, tmp_path / "watched", on_progress=watch)
+    assert seen[-1].fraction == 1.0 and seen[-1].events == full["events"] + full["history_events"]
+    assert all(a.events <= b.events and a.fraction <= b.fraction for a, b in zip(seen[:-1], seen[1:], strict=True))
     with pytest.raises(KeyboardInterrupt):
         simulate(model_dir, config, tmp_path / "cut", on_progress=crash)
     manifest = json.loads((tmp_path / "cut" / "manifest.json").read_text())
