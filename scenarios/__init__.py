@@ -1,1 +1,1 @@
-"""Scenarios (campaigns, stress, recommender adapters) as TOML files; filled in by the engine work."""
+"""Scenarios: TOML files of campaigns acting on a simulated population (``scenario.py``, ``builtin/``)."""

@@ -1,1 +1,2 @@
-"""Simulation: the reference world generator today; the SimPy engine for live synthetic users next."""
+"""Simulation: the reference world generator (``reference_world/``) and the SimPy engine behind
+``twinsim simulate`` (``engine.py``, ``cohort.py``, ``population.py``, ``sink.py``)."""

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.encoding import Schema
 from models.errors import OutputExistsError, TwinsimError
 from models.model_dir import load_model, read_table
 from models.rowwise import MIN_ROWS
@@ -91,7 +92,7 @@ class Run:
     """Everything a cohort needs, resolved once per run."""
 
     model: torch.nn.Module
-    schema: object
+    schema: Schema
     context: pd.DataFrame | None
     population: Population
     scenario: Scenario
