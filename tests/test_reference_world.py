@@ -169,3 +169,19 @@ def test_weekend_paydays_move_back_to_friday(day, expected):
     last_day_option = 5  # PAYDAY_DAYS[5] == 31: last day of the month
     paid = cal.dates[cal.monthly_payday[last_day_option]]
     assert np.datetime64(expected) in paid and np.datetime64(day) not in paid
+
+
+def test_the_pay_schedule_law_catches_a_customer_who_switches_schedule(world):
+    from simulator.reference_world.fidelity import compare_laws, law_statistics
+
+    real = world["events"]
+    assert law_statistics(real)["pay_schedule_kept_share"] == 1.0
+    # a fortnightly customer who skips one payday (28 days) and is paid monthly from then on
+    paydays = pd.Timestamp("2025-01-03 04:00", tz="UTC") + pd.to_timedelta(
+        np.cumsum([0, 14, 14, 28, 30, 31, 30]), unit="D")
+    steady = pd.Timestamp("2025-01-31 04:00", tz="UTC") + pd.to_timedelta([0, 28, 31, 30], unit="D")
+    events = pd.DataFrame({"user_id": ["a"] * 7 + ["b"] * 4, "timestamp": paydays.append(steady),
+                           "event_type": "income", "amount": 1000.0}).reindex(columns=real.columns)
+    assert law_statistics(events)["pay_schedule_kept_share"] == 0.5
+    check = next(c for c in compare_laws(real, events) if c.law == "pay_schedule_kept_share")
+    assert not check.passed

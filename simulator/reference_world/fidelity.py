@@ -25,6 +25,12 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     income = _of(ev, "income").sort_values(["user_id", "timestamp"])
     gaps = income.groupby("user_id")["timestamp"].diff().dropna() / pd.Timedelta(days=1)
     stats["payday_gap_regular_share"] = float((gaps.between(12.5, 15.5) | gaps.between(25.5, 35.5)).mean())
+    # a customer is paid fortnightly or monthly for the whole year: never both (a skipped payday counts as both)
+    user = income.loc[gaps.index, "user_id"]
+    fortnightly = gaps.between(12.5, 15.5).groupby(user).any()
+    monthly = gaps.between(25.5, 35.5).groupby(user).any()
+    kept = ~(fortnightly & monthly)[gaps.groupby(user).size() >= 2]
+    stats["pay_schedule_kept_share"] = float(kept.mean()) if len(kept) else float("nan")
     stats["income_at_night_share"] = float(income["timestamp"].dt.hour.between(2, 6).mean())
     stats["income_on_weekend_share"] = float(income["timestamp"].dt.day_of_week.isin([5, 6]).mean())
     logins = _of(ev, "login")["timestamp"]
@@ -108,6 +114,7 @@ def compare_laws(real: pd.DataFrame, synthetic: pd.DataFrame) -> list[LawCheck]:
                                bool(s[name] >= share * r[name])))
 
     at_least("payday_gap_regular_share", 0.9)
+    at_least("pay_schedule_kept_share", 0.95)
     at_least("income_at_night_share", 0.9)
     rel("weekend_login_ratio", 0.1)
     hour_tvd = 0.5 * float(np.abs(np.subtract(r["login_hour_profile"], s["login_hour_profile"])).sum())
