@@ -24,12 +24,13 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     stats: dict[str, float] = {}
     income = _of(ev, "income").sort_values(["user_id", "timestamp"])
     gaps = income.groupby("user_id")["timestamp"].diff().dropna() / pd.Timedelta(days=1)
-    stats["payday_gap_regular_share"] = float((gaps.between(12.5, 15.5) | gaps.between(25.5, 35.5)).mean())
-    # a customer is paid fortnightly or monthly for the whole year: never both (a skipped payday counts as both)
+    fortnightly, monthly = gaps.between(12.5, 15.5), gaps.between(25.5, 35.5)
+    stats["payday_gap_regular_share"] = float((fortnightly | monthly).mean())
+    # a customer is paid fortnightly or monthly all year, never both (a fortnightly payday skipped makes a
+    # monthly-length gap)
     user = income.loc[gaps.index, "user_id"]
-    fortnightly = gaps.between(12.5, 15.5).groupby(user).any()
-    monthly = gaps.between(25.5, 35.5).groupby(user).any()
-    kept = ~(fortnightly & monthly)[gaps.groupby(user).size() >= 2]
+    both = fortnightly.groupby(user).any() & monthly.groupby(user).any()
+    kept = ~both[gaps.groupby(user).size() >= 2]
     stats["pay_schedule_kept_share"] = float(kept.mean()) if len(kept) else float("nan")
     stats["income_at_night_share"] = float(income["timestamp"].dt.hour.between(2, 6).mean())
     stats["income_on_weekend_share"] = float(income["timestamp"].dt.day_of_week.isin([5, 6]).mean())
