@@ -25,7 +25,8 @@ CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days
 RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately" (a salary cycle, offer fatigue)
 # The memory channel (``memory_inputs``): per amount type, the latest amount and a decayed sum of amounts
 # (what came in and went out lately: a salary stays one salary, a balance that runs low shows); per event
-# type, a slowly decayed count (how active this customer is this quarter, long after the window forgot).
+# type, a slowly decayed count (how active this customer is this quarter, long after the window forgot); per
+# amount type, the days between its latest two amounts (a fortnightly salary is not a monthly one).
 MEMORY_SUM_DAYS = 30.0
 MEMORY_COUNT_DAYS = 91.0
 NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
@@ -86,7 +87,13 @@ class Schema:
 
     @property
     def memory_size(self) -> int:
-        return 2 * len(self.amount_types) + len(self.event_types)
+        """Inputs of the memory channel (``memory_inputs``)."""
+        return 3 * len(self.amount_types) + len(self.event_types)
+
+    @property
+    def memory_state_size(self) -> int:
+        """Raw memory kept per user by ``kernels.remember``."""
+        return 4 * len(self.amount_types) + len(self.event_types)
 
     @property
     def amount_codes(self) -> list[int]:
@@ -306,10 +313,13 @@ def user_rows(offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def memory_inputs(state: np.ndarray, n_amount: int) -> np.ndarray:
-    """The memory channel's inputs from raw memory ``state`` (rows, 2a + types) kept by ``kernels.remember``:
+    """The memory channel's inputs from raw memory ``state`` (rows, 4a + types) kept by ``kernels.remember``:
     the latest standardised amount per amount type (0 before the first), then log(1 + decayed sum of
-    amounts) per amount type and log(1 + decayed count) per event type. float32."""
-    return np.concatenate([state[:, :n_amount], np.log1p(state[:, n_amount:])], axis=1).astype(np.float32)
+    amounts) per amount type, log(1 + decayed count) per event type and log(1 + days between the latest
+    two amounts) per amount type (0 before the second). float32."""
+    counts_end = state.shape[1] - 2 * n_amount
+    return np.concatenate([state[:, :n_amount], np.log1p(state[:, n_amount:counts_end]),
+                           np.log1p(state[:, counts_end + n_amount:])], axis=1).astype(np.float32)
 
 
 def last_occurrence(size: int, keys: list[np.ndarray], days: np.ndarray, offsets: np.ndarray) -> np.ndarray:

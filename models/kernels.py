@@ -187,27 +187,38 @@ def decayed_counts(keys, days, offsets, k, scale_days):
 
 @nb.njit(cache=True)
 def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amount, sum_scale, count_scale):
-    """Advance one user's memory ``state`` by ``gap_days`` and record one event (see ``memory_inputs``)."""
-    a, n_types = n_amount, len(state) - 2 * n_amount
+    """Advance one user's memory ``state`` by ``gap_days`` and record one event (see ``memory_inputs``).
+
+    Layout: per amount type the latest standardised amount, the decayed sum of amounts; per event type the
+    decayed count; per amount type the days since its latest amount plus one (0: never) and the days between
+    its latest two amounts (its period: a fortnightly salary is not a monthly one)."""
+    a = n_amount
+    n_types = len(state) - 4 * a
+    age = 2 * a + n_types
     shrink_sum, shrink_count = math.exp(-gap_days / sum_scale), math.exp(-gap_days / count_scale)
     for j in range(a):
         state[a + j] *= shrink_sum
+        if state[age + j] > 0.0:
+            state[age + j] += gap_days
     for j in range(n_types):
         state[2 * a + j] *= shrink_count
     slot = amount_slot[type_code]
     if slot >= 0 and not math.isnan(amount):
         state[slot] = amount_z
         state[a + slot] += abs(amount)
+        if state[age + slot] > 0.0:
+            state[age + a + slot] = state[age + slot] - 1.0
+        state[age + slot] = 1.0
     state[2 * a + type_code] += 1.0
 
 
 @nb.njit(cache=True)
 def memory_of_log(event_type, amount, amount_z, days, offsets, amount_slot, n_amount, n_types, sum_scale,
                   count_scale):
-    """(n, 2a + types) float64 raw memory just after every event of every user (``memory_inputs``)."""
+    """(n, 4a + types) float64 raw memory just after every event of every user (``memory_inputs``)."""
     n = len(event_type)
-    out = np.zeros((n, 2 * n_amount + n_types))
-    state = np.zeros(2 * n_amount + n_types)
+    out = np.zeros((n, 4 * n_amount + n_types))
+    state = np.zeros(4 * n_amount + n_types)
     for u in range(len(offsets) - 1):
         state[:] = 0.0
         for i in range(offsets[u], offsets[u + 1]):

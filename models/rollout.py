@@ -104,7 +104,7 @@ class Rollout:
         self.steps = np.zeros(rows, dtype=np.int64)  # events drawn or imposed so far
         self.last = np.full((rows, schema.recency_size), NEVER)  # days since origin, per recency column
         self.recent = np.zeros((rows, schema.recency_size))  # decayed counts per column, as of time_s
-        self.memory = np.zeros((rows, schema.memory_size))  # raw memory (kernels.remember), as of time_s
+        self.memory = np.zeros((rows, schema.memory_state_size))  # raw memory (kernels.remember), as of time_s
         self.token = self._bos_tokens(rows, origin_s)
         self.pending: dict[str, np.ndarray] = {}  # the next event of every row (see ``_draw``)
         self.cache.reset(torch.arange(rows))
@@ -255,13 +255,13 @@ class Rollout:
         model = self.model
         users, steps, time_s = self.user[rows], self.steps[rows], self.time_s[rows]
         memory_now = self.token["memory"][rows if isinstance(rows, slice) else torch.from_numpy(rows)]
-        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3)
-        gap_h = np.maximum(model.time.sample(h, time_s, u), MIN_GAP_HOURS)
+        u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3 * model.time.types)
+        gap_h, log_hazard = model.time.sample(h, time_s, u, MIN_GAP_HOURS)
         t_next = time_s + gap_h * 3600.0
         at = self._at(rows, t_next, gap_h)
         q = model.query(h, torch.from_numpy(at["calendar"]), torch.from_numpy(np.log(gap_h).astype(np.float32)),
                         torch.from_numpy(at["context"]), torch.from_numpy(at["seen"]))
-        probs = torch.softmax(model.type_head(q).double(), -1).numpy()
+        probs = torch.softmax(model.type_logits(q, torch.from_numpy(log_hazard)).double(), -1).numpy()
         type_ = kernels.sample_categorical(probs, kernels.uniforms(self.seed, users, steps, PURPOSE_TYPE, 1)[:, 0])
         cond = q + model.next_type_emb(torch.from_numpy(type_))
         marks = np.zeros((len(users), len(model.mark_heads)), dtype=np.int64)

@@ -16,11 +16,11 @@ import torch
 MIN_ROWS = 64
 
 
-def rowwise(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-    """``fn(*inputs)`` for a row-independent ``fn``, computed on at least MIN_ROWS rows (padding repeats
-    the first row) and cut back to the rows given."""
+def rowwise(fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]], *inputs: torch.Tensor):
+    """``fn(*inputs)`` for a row-independent ``fn`` (returning a tensor or a tuple of them), computed on at
+    least MIN_ROWS rows (padding repeats the first row) and cut back to the rows given."""
     n = inputs[0].shape[0]
     if n >= MIN_ROWS or n == 0:
         return fn(*inputs)
-    padded = (torch.cat([x, x[:1].expand(MIN_ROWS - n, *x.shape[1:])]) for x in inputs)
-    return fn(*padded)[:n]
+    out = fn(*(torch.cat([x, x[:1].expand(MIN_ROWS - n, *x.shape[1:])]) for x in inputs))
+    return tuple(y[:n] for y in out) if isinstance(out, tuple) else out[:n]

@@ -1,13 +1,20 @@
-"""The time-to-next-event head: a log-normal mixture blended with a clock-hour grid over the next days.
+"""The time-to-next-event head: competing latent times, one per event type, each a log-normal mixture
+blended with a clock-hour grid over the next days.
 
 Customer events keep clock and calendar rhythms: logins cluster at certain hours and weekdays, salaries
 post at night on paydays. A mixture of log-normals sees those rhythms only through the gap's length, so
-it blurs them. Here part of the mass sits on an explicit grid of the clock hours of the next
-``HORIZON_DAYS`` UTC days (from midnight of the current day): each day's 24 hourly logits come from the
-hidden state *and* that day's calendar (weekday, day of month, days to month end, days ahead) through one
-hidden layer, so "tonight at 3 am, because tomorrow is payday" is easy to express. Within an hour the
-time is uniform. The log-normal part keeps the seconds-apart events of a session and gaps beyond the
-horizon.
+it blurs them. Here part of each type's mass sits on an explicit grid of the clock hours of the next
+``HORIZON_DAYS`` UTC days (from midnight of the current day): each day's 24 hourly logits per type come
+from the hidden state *and* that day's calendar (weekday, day of month, days to month end, days ahead)
+through one hidden layer, so "tonight at 3 am, because tomorrow is payday" is easy to express. Within an
+hour the time is uniform. The log-normal part keeps the seconds-apart events of a session and gaps beyond
+the horizon.
+
+The next event comes at the earliest of the types' times (competing risks): its survival is the product
+of theirs, and the hazard of each type at that time is what the type head starts from. A type's time may
+also be "never" (a third part of its gate): most types cannot follow most events (an offer is shown only
+within seconds of a login), and a probability of never says so directly, where a distribution of finite
+times would have to push its mass ever further out.
 
 All densities are of log(gap in hours), the unit of the baseline. The grid arithmetic (which bin a gap
 lands in, which UTC day the grid starts on) is numpy on float64 epoch seconds, done once per batch.
@@ -29,6 +36,7 @@ HORIZON_DAYS = 8
 BINS = HORIZON_DAYS * 24
 DAY_CALENDAR_SIZES = (7, 32, 31)  # weekday, day of month, days to month end (columns 1, 2, 4 of calendar)
 LOG_SCALE_RANGE = (-7.0, 3.0)
+NEVER_HOURS = 1e6  # where a row's next event lands when every type's latent time is "never" (114 years)
 
 
 def mixture_log_prob(params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,13 +81,22 @@ def grid_position(x: np.ndarray, gap_h: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 # ------------------------------------------------------------------------------------ the head
 class TimeHead(nn.Module):
-    def __init__(self, d: int, mixture: int) -> None:
+    """``types`` competing latent times to the next event, one per event type, each its own blend of a
+    log-normal mixture and a clock-hour grid; the next event comes at the earliest of them.
+
+    Hazards add: the survival of the next event is the product of every type's survival, so one type whose
+    time is near certain (a salary due tonight) caps the gap for all the others, whatever they would do.
+    A single blended distribution of "some event" would have to learn that cut-off itself, and any mass
+    it leaks past payday is a skipped salary (``docs/validation.md``)."""
+
+    def __init__(self, d: int, mixture: int, types: int = 1) -> None:
         super().__init__()
-        self.gate = nn.Linear(d, 2)  # log-normal mixture vs clock-hour grid
-        self.mixture = nn.Linear(d, 3 * mixture)
+        self.types = types
+        self.gate = nn.Linear(d, 3 * types)  # per type: log-normal mixture, clock-hour grid, never
+        self.mixture = nn.Linear(d, 3 * mixture * types)
         self.day = nn.Linear(d, d)
         self.day_emb = nn.ModuleList(nn.Embedding(n, d) for n in (*DAY_CALENDAR_SIZES, HORIZON_DAYS))
-        self.hours = nn.Linear(d, 24)
+        self.hours = nn.Linear(d, 24 * types)
 
     def day_embeddings(self, day0: torch.Tensor) -> torch.Tensor:
         """(..., HORIZON_DAYS, d): embeddings of each grid day's calendar and offset, for grids starting on
@@ -92,45 +109,76 @@ class TimeHead(nn.Module):
         return F.embedding(index, table) + self.day_emb[3].weight  # (an indexing backward is not deterministic)
 
     def grid_log_probs(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> torch.Tensor:
-        """(..., BINS) log P(the next event falls in each clock hour of the grid | grid part), for a current
-        time in clock hour ``hour0`` of UTC day ``day0``; the hours of that day before it are impossible."""
+        """(..., types, BINS) log P(each type's time falls in each clock hour of the grid | grid part), for a
+        current time in clock hour ``hour0`` of UTC day ``day0``; the hours of that day before it are
+        impossible."""
         e = self.day(h).unsqueeze(-2) + self.day_embeddings(day0)
-        logits = self.hours(torch.tanh(e)).flatten(-2)
+        logits = self.hours(torch.tanh(e)).unflatten(-1, (self.types, 24)).transpose(-3, -2).flatten(-2)
         past = torch.arange(BINS) < hour0.unsqueeze(-1)
-        return F.log_softmax(logits.masked_fill(past, float("-inf")), dim=-1)
+        return F.log_softmax(logits.masked_fill(past.unsqueeze(-2), float("-inf")), dim=-1)
 
-    def log_prob(self, h, day0, hour0, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log density of log gap, log survival at gap) for hidden states ``h`` in clock hour ``hour0`` of
-        UTC day ``day0``; ``bin_``, ``log_width`` and ``frac`` come from :func:`grid_position`."""
-        log_gate = F.log_softmax(self.gate(h), dim=-1)
-        mix_pdf, mix_surv = mixture_log_prob(self.mixture(h), log_gap)
-        log_p = self.grid_log_probs(h, day0, hour0)
-        inside = bin_ >= 0
-        b = bin_.clamp(min=0).unsqueeze(-1)
-        grid_pdf = torch.where(inside, log_p.gather(-1, b).squeeze(-1) - log_width + log_gap, float("-inf"))
+    def parts(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Everything the network says of the latent times: per type, the log gate weights (..., types, 3:
+        log-normal mixture, grid, never),
+        the log-normal mixture parameters (..., types, 3K) and the grid's log probabilities (..., types, BINS)."""
+        return (F.log_softmax(self.gate(h).unflatten(-1, (self.types, 3)), dim=-1),
+                self.mixture(h).unflatten(-1, (self.types, -1)), self.grid_log_probs(h, day0, hour0))
+
+    @staticmethod
+    def parts_log_prob(parts, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log density of log gap, log survival at gap), (..., types) each, of every type's latent time;
+        ``bin_``, ``log_width`` and ``frac`` come from :func:`grid_position`."""
+        log_gate, mixture, log_p = parts
+        mix_pdf, mix_surv = mixture_log_prob(mixture, log_gap.unsqueeze(-1))
+        inside = (bin_ >= 0).unsqueeze(-1)
+        b = bin_.clamp(min=0)[..., None, None].expand(*log_p.shape[:-1], 1)
+        log_pb = log_p.gather(-1, b).squeeze(-1)
+        grid_pdf = torch.where(inside, log_pb - (log_width - log_gap).unsqueeze(-1), float("-inf"))
         p = log_p.exp()
-        after = p.flip(-1).cumsum(-1).flip(-1) - p  # mass of the bins after each bin
-        surv = after.gather(-1, b).squeeze(-1) + p.gather(-1, b).squeeze(-1) * (1 - frac)
+        after = F.pad(p.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # mass of the bins after each bin
+        surv = after.gather(-1, b).squeeze(-1) + log_pb.exp() * (1 - frac).unsqueeze(-1)
         grid_surv = torch.where(inside, surv.clamp(min=1e-30).log(), float("-inf"))
         return (torch.logaddexp(log_gate[..., 0] + mix_pdf, log_gate[..., 1] + grid_pdf),
-                torch.logaddexp(log_gate[..., 0] + mix_surv, log_gate[..., 1] + grid_surv))
+                torch.logsumexp(torch.stack([log_gate[..., 0] + mix_surv, log_gate[..., 1] + grid_surv,
+                                             log_gate[..., 2]], -1), -1))
+
+    def log_prob(self, h, day0, hour0, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`parts_log_prob` for hidden states ``h`` in clock hour ``hour0`` of UTC day ``day0``."""
+        return self.parts_log_prob(self.parts(h, day0, hour0), log_gap, bin_, log_width, frac)
 
     @torch.no_grad()
-    def sample(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Gaps in hours from ``time_s``, one per row of ``h``, from uniforms ``u`` (rows, 3): ``u[:, 0]``
-        picks the part, the others draw within it. Each part is evaluated only for the rows that use it."""
-        gaps = np.empty(len(time_s))
-        on_grid = u[:, 0] >= torch.softmax(self.gate(h).double(), -1)[:, 0].numpy()
-        rows = np.flatnonzero(~on_grid)
+    def sample(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float = 0.0):
+        """(gaps in hours from ``time_s``, one per row of ``h``; every type's log hazard at that gap, (rows,
+        types)). ``u`` (rows, 3 x types) holds three uniforms per type: the first picks the part, the others
+        draw within it. The gap is the earliest of the types' times, and at least ``min_gap_h``; where every
+        type says never, it is ``NEVER_HOURS``: the customer does nothing more."""
+        n, k = len(time_s), self.types
+        x = clock_hours(time_s)
+        day0, hour0 = torch.from_numpy(utc_day(time_s)), torch.from_numpy(np.floor(x)).long()
+        parts = rowwise(self.parts, h, day0, hour0)
+        u = u.reshape(n, k, 3)
+        latent = np.full((n, k), NEVER_HOURS)
+        gate = parts[0].double().exp().numpy()
+        part = (u[..., 0] >= gate[..., 0]).astype(np.int64) + (u[..., 0] >= gate[..., 0] + gate[..., 1])
+        rows, types = np.nonzero(part == 0)
         if len(rows):
-            params = mixture_numpy(rowwise(self.mixture, h[torch.from_numpy(rows)]))
-            gaps[rows] = kernels.sample_lognormal_mixture(*params, u[rows, 1], u[rows, 2])
-        rows = np.flatnonzero(on_grid)
+            params = mixture_numpy(parts[1][torch.from_numpy(rows), torch.from_numpy(types)])
+            latent[rows, types] = kernels.sample_lognormal_mixture(*params, u[rows, types, 1], u[rows, types, 2])
+        rows, types = np.nonzero(part == 1)
         if len(rows):
-            x = clock_hours(time_s[rows])
-            grid = rowwise(self.grid_log_probs, h[torch.from_numpy(rows)], torch.from_numpy(utc_day(time_s[rows])),
-                           torch.from_numpy(np.floor(x)).long())
-            bin_ = kernels.sample_categorical(torch.softmax(grid.double(), -1).numpy(), u[rows, 1]).astype(float)
-            start = np.maximum(bin_, x)
-            gaps[rows] = start + u[rows, 2] * (bin_ + 1.0 - start) - x
-        return gaps
+            probs = torch.softmax(parts[2][torch.from_numpy(rows), torch.from_numpy(types)].double(), -1).numpy()
+            bin_ = kernels.sample_categorical(probs, u[rows, types, 1]).astype(float)
+            start = np.maximum(bin_, x[rows])
+            latent[rows, types] = start + u[rows, types, 2] * (bin_ + 1.0 - start) - x[rows]
+        gaps = np.clip(latent.min(axis=1), min_gap_h, NEVER_HOURS)
+        bin_, log_width, frac = grid_position(x, gaps)
+        log_pdf, log_surv = self.parts_log_prob(parts, torch.from_numpy(np.log(gaps)).float(), torch.from_numpy(bin_),
+                                                torch.from_numpy(log_width).float(), torch.from_numpy(frac).float())
+        return gaps, (log_pdf - log_surv).double().numpy()
+
+
+def next_event_log_prob(log_pdf: torch.Tensor, log_surv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From every type's (log density, log survival) at a gap, (..., types): (log density of the earliest
+    of them at that gap, log survival of all of them), (...) each. Censoring uses the second."""
+    log_all_surv = log_surv.sum(-1)
+    return log_all_surv + torch.logsumexp(log_pdf - log_surv, -1), log_all_surv

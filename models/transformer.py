@@ -3,11 +3,12 @@
 Each step sees one token per event (type, marks, calendar, log gap, amount, context) plus the user's
 static attributes, and predicts the next event in this order:
 
-1. the gap to the next event: a mixture of log-normals (Shchur et al., "Intensity-free learning of
-   temporal point processes") blended with a grid of the clock hours of the next days, each day's hours
-   scored with that day's calendar (``time_head.py``); past the window end this enters the likelihood as
-   a survival term;
-2. its type, given the gap and the calendar and context of the time it lands on (paydays, hours);
+1. the gap to the next event: the earliest of competing latent times, one per event type, each a mixture
+   of log-normals (Shchur et al., "Intensity-free learning of temporal point processes") blended with a
+   grid of the clock hours of the next days, each day's hours scored with that day's calendar
+   (``time_head.py``); past the window end this enters the likelihood as a survival term;
+2. its type: each type's hazard at that time, adjusted given the calendar and context of the time it
+   lands on (paydays, hours);
 3. its marks given the type, and its amount (a Gaussian mixture on the standardised log amount) given both.
 
 Attention has no position embeddings: each head's score is biased by ``-slope * (days between query and
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoding import CALENDAR_SIZES
-from models.time_head import TimeHead, mixture_log_prob
+from models.time_head import TimeHead, mixture_log_prob, next_event_log_prob
 from models.windows import EVENT, NONE
 
 
@@ -198,7 +199,7 @@ class EventTransformer(nn.Module):
         self.numeric = nn.Linear(cfg.n_numeric, d) if cfg.n_numeric else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
-        self.time = TimeHead(d, k)
+        self.time = TimeHead(d, k, types=cfg.n_types)
         self.query_cal = nn.ModuleList(nn.Embedding(n, d) for n in CALENDAR_SIZES)
         self.query_cont = nn.Linear(1 + cfg.n_context, d)
         self.query_recency = nn.Linear(cfg.n_recency, d)
@@ -234,6 +235,11 @@ class EventTransformer(nn.Module):
         for i, emb in enumerate(self.query_cal):
             q = q + emb(calendar_next[..., i])
         return q
+
+    def type_logits(self, q: torch.Tensor, log_hazard: torch.Tensor) -> torch.Tensor:
+        """Logits of the next event's type at the time it comes: each type's hazard at that time (from the
+        time head; they share one normaliser) adjusted by what the type head reads off the query there."""
+        return self.type_head(q) + log_hazard
 
     def amount_mixture(self, cond: torch.Tensor, marks: torch.Tensor, memory: torch.Tensor,
                        type_: torch.Tensor) -> torch.Tensor:
@@ -273,14 +279,17 @@ class EventTransformer(nn.Module):
         h = self.hidden(batch)
         kind = batch["target_kind"]
         scored = kind != NONE  # tokens that only give context predict nothing
-        log_pdf, log_surv = self.time.log_prob(h[scored], *(batch[k][scored] for k in (
+        type_log_pdf, type_log_surv = self.time.log_prob(h[scored], *(batch[k][scored] for k in (
             "grid_day", "clock_hour", "target_log_gap", "target_bin", "target_bin_log_width", "target_bin_frac")))
-        time = -torch.where(kind[scored] == EVENT, log_pdf, log_surv).sum()
+        log_pdf, log_surv = next_event_log_prob(type_log_pdf, type_log_surv)
+        is_event = kind[scored] == EVENT
+        time = -torch.where(is_event, log_pdf, log_surv).sum()
         ev = kind == EVENT
         q = self.query(h[ev], batch["target_calendar"][ev], batch["target_log_gap"][ev], batch["target_context"][ev],
                        batch["query_recency"][ev])
         target_type = batch["target_type"][ev]
-        type_ = F.cross_entropy(self.type_head(q), target_type, reduction="sum")
+        log_hazard = (type_log_pdf - type_log_surv)[is_event]
+        type_ = F.cross_entropy(self.type_logits(q, log_hazard), target_type, reduction="sum")
         cond = q + self.next_type_emb(target_type)
         marks = sum((F.cross_entropy(head(cond), batch["target_marks"][ev][:, i], reduction="sum")
                      for i, head in enumerate(self.mark_heads)), torch.zeros(()))

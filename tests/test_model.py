@@ -256,9 +256,12 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
     assert np.allclose(last[:2], [0.7, -1.0])  # the latest standardised amounts: this income, the card payment
     assert np.isclose(last[2], 1000 * np.exp(-30 / MEMORY_SUM_DAYS) + 1100)
     assert np.isclose(last[3], 50 * np.exp(-29 / MEMORY_SUM_DAYS))
-    assert np.allclose(last[4:], [np.exp(-29 / MEMORY_COUNT_DAYS), np.exp(-30 / MEMORY_COUNT_DAYS) + 1,
-                                  np.exp(-28 / MEMORY_COUNT_DAYS)])
-    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1])  # another user starts from nothing
+    assert np.allclose(last[4:7], [np.exp(-29 / MEMORY_COUNT_DAYS), np.exp(-30 / MEMORY_COUNT_DAYS) + 1,
+                                   np.exp(-28 / MEMORY_COUNT_DAYS)])
+    # days since each amount type's latest amount (+1; 0: never), then the days between its latest two:
+    # the income came 30 days after the previous one; the card payment has had no second one yet
+    assert np.allclose(last[7:], [1.0, 30.0, 30.0, 0.0])
+    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0])  # another user starts from nothing
     # Generation updates a batch row by row with the same rule: the same events give the same memory.
     batch = np.zeros((2, state.shape[1]))
     for i, gap in zip(range(4), (0.0, 1.0, 1.0, 28.0), strict=True):
@@ -268,4 +271,20 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
                          np.array([amount_z[i], 0.0], dtype=np.float32), slots, 2, MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
     assert np.allclose(batch, state[[3, 4]])
     inputs = memory_inputs(state, 2)
-    assert inputs.dtype == np.float32 and np.allclose(inputs[3, 2:], np.log1p(last[2:]))
+    assert inputs.dtype == np.float32 and np.allclose(inputs[3, 2:7], np.log1p(last[2:7]))
+    assert np.allclose(inputs[3, 7:], np.log1p([30.0, 0.0]))  # the periods; the day counters are not inputs
+
+
+def test_a_model_that_says_never_for_every_type_generates_silent_customers(model_dir, tmp_path):
+    """Every type's latent time can be never; when all are, the customer does nothing more, and generation
+    still writes every customer (with no events) rather than failing on a gap of 114 years."""
+    import shutil
+
+    silent = tmp_path / "silent"
+    shutil.copytree(model_dir, silent)
+    state = torch.load(silent / "model.pt", weights_only=True)
+    state["time.gate.weight"].zero_()
+    state["time.gate.bias"][:] = torch.tensor([-50.0, -50.0, 50.0]).repeat(len(state["time.gate.bias"]) // 3)
+    torch.save(state, silent / "model.pt")
+    users, events, summary = _generate(silent, users=20, days=30)
+    assert len(users) == 20 and len(events) == 0 and summary["events"] == 0

@@ -1,4 +1,5 @@
-"""The time head's density, survival and sampler agree with each other."""
+"""The time head's density, survival and sampler agree with each other: per event type, and for the
+earliest of the competing types, which is when the next event comes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import torch
 
 from models import time_head as th
 
+TYPES = 3
+
 
 def _head_at(t0: float, gaps: np.ndarray, seed: int = 0):
+    """(head, hidden state, log density and log survival of the next event at ``gaps``, (gaps,), and the
+    same per type, (gaps, TYPES))."""
     torch.manual_seed(seed)
-    head = th.TimeHead(16, 4)
+    head = th.TimeHead(16, 4, types=TYPES)
     h = torch.randn(1, 16)
     x = np.full(len(gaps), th.clock_hours(np.array([t0]))[0])
     bin_, log_width, frac = th.grid_position(x, gaps)
@@ -18,29 +23,75 @@ def _head_at(t0: float, gaps: np.ndarray, seed: int = 0):
         h.expand(len(gaps), -1), torch.from_numpy(th.utc_day(np.full(len(gaps), t0))),
         torch.from_numpy(np.floor(x)).long(), torch.tensor(np.log(gaps), dtype=torch.float32),
         torch.from_numpy(bin_), torch.tensor(log_width, dtype=torch.float32), torch.tensor(frac, dtype=torch.float32))
-    return head, h, log_pdf.detach().double().numpy(), log_surv.detach().double().numpy()
+    next_pdf, next_surv = th.next_event_log_prob(log_pdf, log_surv)
+    as_numpy = (x.detach().double().numpy() for x in (next_pdf, next_surv, log_pdf, log_surv))
+    return head, h, *as_numpy
 
 
 def test_density_integrates_to_one_minus_survival():
     t0 = 1.75e9 + 3600 * 9.6  # mid-hour, so the current hour is a partial bin
     gaps = np.concatenate([np.geomspace(1e-6, 1, 30_000, endpoint=False), np.arange(1, 600, 1e-3)])
-    _, _, log_pdf, log_surv = _head_at(t0, gaps)
-    density = np.exp(log_pdf) / gaps  # log_pdf is the density of log(gap)
-    cdf = np.concatenate([[0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(gaps))])
-    total = cdf + np.exp(log_surv)
-    assert np.allclose(total[1000:], total[1000], atol=2e-3)  # mass below 1e-6 h is the only gap
-    assert total[-1] > 0.99
+    _, _, *densities = _head_at(t0, gaps)
+    for log_pdf, log_surv in zip(densities[::2], densities[1::2], strict=True):  # the next event's, then each type's
+        density = np.exp(log_pdf) / gaps[:, None] if log_pdf.ndim == 2 else np.exp(log_pdf) / gaps
+        steps = (np.diff(gaps)[:, None] if log_pdf.ndim == 2 else np.diff(gaps))
+        cdf = np.concatenate([np.zeros_like(density[:1]), np.cumsum(0.5 * (density[1:] + density[:-1]) * steps, 0)])
+        total = cdf + np.exp(log_surv)
+        assert np.allclose(total[1000:], total[1000], atol=2e-3)  # mass below 1e-6 h is the only gap
+        assert (total[-1] > 0.99).all()
 
 
 def test_sampled_gaps_follow_the_survival_function():
     t0 = 1.75e9 + 3600 * 22.25
     checks = np.array([0.2, 1.0, 3.0, 12.0, 30.0, 100.0, 250.0])
-    head, h, _, log_surv = _head_at(t0, checks)
-    u = np.random.default_rng(1).random((100_000, 3))
-    gaps = head.sample(h.expand(len(u), -1), np.full(len(u), t0), u)
+    head, h, _, log_surv, _, type_log_surv = _head_at(t0, checks)
+    u = np.random.default_rng(1).random((100_000, 3 * TYPES))
+    gaps, log_hazard = head.sample(h.expand(len(u), -1), np.full(len(u), t0), u)
     empirical = (gaps[:, None] > checks[None, :]).mean(axis=0)
     assert np.abs(empirical - np.exp(log_surv)).max() < 0.01
-    assert (gaps > 0).all()
+    assert np.allclose(log_surv, type_log_surv.sum(1))  # every type's time must come after the gap
+    assert (gaps > 0).all() and log_hazard.shape == (len(u), TYPES) and np.isfinite(log_hazard).all()
+
+
+def test_a_type_due_for_sure_caps_the_gap_of_all():
+    """Hazards add: a type whose time is certain to fall within the next hour makes the next event's
+    survival past that hour nil, however late the other types would come."""
+    torch.manual_seed(0)
+    head = th.TimeHead(16, 4, types=2)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.gate.bias[:] = torch.tensor([-30.0, 30.0, -30.0, 30.0, -30.0, -30.0])  # type 0 grid, 1 log-normal
+        head.day_emb[3].weight[:, 0] = torch.tensor([10.0] + [-10.0] * (th.HORIZON_DAYS - 1))  # today, or not
+        head.hours.weight[3, 0] = 30.0  # type 0: 03:00-04:00 today
+        head.hours.bias[:] = torch.tensor([0.0 if hour == 3 else -30.0 for hour in range(24)] + [0.0] * 24)
+        head.mixture.bias[:] = torch.tensor([0.0] * 4 + [np.log(500.0)] * 4 + [-1.0] * 4).repeat(2)
+    t0 = 1.75e9 - 1.75e9 % 86400 + 3600 * 1.5  # 01:30 UTC: type 0 comes between 03:00 and 04:00
+    u = np.random.default_rng(2).random((20_000, 6))
+    gaps, log_hazard = head.sample(torch.zeros(len(u), 16), np.full(len(u), t0), u)
+    assert ((gaps > 1.5) & (gaps < 2.5)).all()
+    assert (log_hazard[:, 0] > log_hazard[:, 1] + 5).all()  # and the event that comes then is type 0
+
+
+def test_never_is_a_share_of_each_type_and_all_never_ends_the_customer():
+    """A type's time may be never: its survival levels off at that share, and where every type says never
+    the next event lands NEVER_HOURS ahead."""
+    head = th.TimeHead(16, 4, types=2)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.gate.bias[:] = torch.tensor([0.0, -30.0, 0.0, 0.0, -30.0, np.log(3.0)])  # never: 1/2 and 3/4
+    t0 = np.full(40_000, 1.75e9)
+    gaps, log_hazard = head.sample(torch.zeros(len(t0), 16), t0, np.random.default_rng(3).random((len(t0), 6)))
+    assert abs((gaps == th.NEVER_HOURS).mean() - 0.5 * 0.75) < 0.01
+    assert np.isfinite(log_hazard).all()
+    x, far = th.clock_hours(t0[:1]), np.array([1e5])
+    bin_, log_width, frac = th.grid_position(x, far)
+    _, log_surv = head.log_prob(torch.zeros(1, 16), torch.from_numpy(th.utc_day(t0[:1])),
+                                torch.from_numpy(np.floor(x)).long(), torch.from_numpy(np.log(far)).float(),
+                                torch.from_numpy(bin_), torch.from_numpy(log_width).float(),
+                                torch.from_numpy(frac).float())
+    assert np.allclose(log_surv.exp().detach().numpy(), [[0.5, 0.75]], atol=1e-4)
 
 
 def test_grid_position_of_gaps():
