@@ -134,9 +134,8 @@ class TimeHead(nn.Module):
         b = bin_.clamp(min=0)[..., None, None].expand(*log_p.shape[:-1], 1)
         log_pb = log_p.gather(-1, b).squeeze(-1)
         grid_pdf = torch.where(inside, log_pb - (log_width - log_gap).unsqueeze(-1), float("-inf"))
-        p = log_p.exp()
-        after = F.pad(p.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # mass of the bins after each bin
-        surv = after.gather(-1, b).squeeze(-1) + log_pb.exp() * (1 - frac).unsqueeze(-1)
+        later = (torch.arange(BINS) > bin_.clamp(min=0).unsqueeze(-1)).unsqueeze(-2)  # the bins after the gap's
+        surv = (log_p.exp() * later).sum(-1) + log_pb.exp() * (1 - frac).unsqueeze(-1)  # a sum: no cancellation
         grid_surv = torch.where(inside, surv.clamp(min=1e-30).log(), float("-inf"))
         return (torch.logaddexp(log_gate[..., 0] + mix_pdf, log_gate[..., 1] + grid_pdf),
                 torch.logsumexp(torch.stack([log_gate[..., 0] + mix_surv, log_gate[..., 1] + grid_surv,
