@@ -1,5 +1,5 @@
 """The time-to-next-event head: competing latent times, one per event type, each a log-normal mixture
-blended with a clock-hour grid over the next days.
+blended with a clock-hour grid over the next days (or never).
 
 Customer events keep clock and calendar rhythms: logins cluster at certain hours and weekdays, salaries
 post at night on paydays. A mixture of log-normals sees those rhythms only through the gap's length, so
@@ -82,7 +82,7 @@ def grid_position(x: np.ndarray, gap_h: np.ndarray) -> tuple[np.ndarray, np.ndar
 # ------------------------------------------------------------------------------------ the head
 class TimeHead(nn.Module):
     """``types`` competing latent times to the next event, one per event type, each its own blend of a
-    log-normal mixture and a clock-hour grid; the next event comes at the earliest of them.
+    log-normal mixture, a clock-hour grid and never; the next event comes at the earliest of them.
 
     Hazards add: the survival of the next event is the product of every type's survival, so one type whose
     time is near certain (a salary due tonight) caps the gap for all the others, whatever they would do.
@@ -118,9 +118,9 @@ class TimeHead(nn.Module):
         return F.log_softmax(logits.masked_fill(past.unsqueeze(-2), float("-inf")), dim=-1)
 
     def parts(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Everything the network says of the latent times: per type, the log gate weights (..., types, 3:
-        log-normal mixture, grid, never),
-        the log-normal mixture parameters (..., types, 3K) and the grid's log probabilities (..., types, BINS)."""
+        """Everything the network says of the latent times, per type: the log gate weights (..., types, 3:
+        log-normal mixture, grid, never), the log-normal mixture parameters (..., types, 3K) and the grid's
+        log probabilities (..., types, BINS)."""
         return (F.log_softmax(self.gate(h).unflatten(-1, (self.types, 3)), dim=-1),
                 self.mixture(h).unflatten(-1, (self.types, -1)), self.grid_log_probs(h, day0, hour0))
 
