@@ -185,3 +185,19 @@ def test_the_pay_schedule_law_catches_a_customer_who_switches_schedule(world):
     assert law_statistics(events)["pay_schedule_kept_share"] == 0.5
     check = next(c for c in compare_laws(real, events) if c.law == "pay_schedule_kept_share")
     assert not check.passed
+
+
+def test_the_income_count_law_catches_customers_paid_once_too_often(world):
+    """A customer who moves to a payday a day or two away mid-year gets 13 monthly incomes (or 11); every
+    gap still looks monthly, so only the count per customer shows it."""
+    from simulator.reference_world.fidelity import compare_laws
+
+    real = world["events"]
+    same = next(c for c in compare_laws(real, real) if c.law == "income_count_tvd")
+    assert same.synthetic == 0.0 and same.passed
+    income = real[real["event_type"].astype(str) == "income"]
+    extra = income.groupby("user_id", observed=True).head(1).assign(
+        timestamp=lambda d: d["timestamp"] + pd.Timedelta(days=1))
+    moved = pd.concat([real, extra], ignore_index=True)
+    check = next(c for c in compare_laws(real, moved) if c.law == "income_count_tvd")
+    assert check.synthetic > 0.5 and not check.passed

@@ -32,6 +32,11 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     both = fortnightly.groupby(user).any() & monthly.groupby(user).any()
     kept = ~both[gaps.groupby(user).size() >= 2]
     stats["pay_schedule_kept_share"] = float(kept.mean()) if len(kept) else float("nan")
+    # how many incomes a customer who kept their account gets in the window: one schedule's count, all year
+    closed = set(_of(ev, "account_closed")["user_id"])
+    counts = income.groupby("user_id").size().reindex(ev["user_id"].unique(), fill_value=0)
+    kept_account = counts[~counts.index.isin(closed)]
+    stats["income_count_profile"] = kept_account.value_counts(normalize=True).to_dict()
     stats["income_at_night_share"] = float(income["timestamp"].dt.hour.between(2, 6).mean())
     stats["income_on_weekend_share"] = float(income["timestamp"].dt.day_of_week.isin([5, 6]).mean())
     logins = _of(ev, "login")["timestamp"]
@@ -116,6 +121,10 @@ def compare_laws(real: pd.DataFrame, synthetic: pd.DataFrame) -> list[LawCheck]:
 
     at_least("payday_gap_regular_share", 0.9)
     at_least("pay_schedule_kept_share", 0.95)
+    counts = sorted(set(r["income_count_profile"]) | set(s["income_count_profile"]))
+    count_tvd = 0.5 * sum(abs(r["income_count_profile"].get(c, 0.0) - s["income_count_profile"].get(c, 0.0))
+                          for c in counts)
+    checks.append(LawCheck("income_count_tvd", 0.0, count_tvd, "<= 0.05", count_tvd <= 0.05))
     at_least("income_at_night_share", 0.9)
     rel("weekend_login_ratio", 0.1)
     hour_tvd = 0.5 * float(np.abs(np.subtract(r["login_hour_profile"], s["login_hour_profile"])).sum())
