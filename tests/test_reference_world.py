@@ -201,3 +201,18 @@ def test_the_income_count_law_catches_customers_paid_once_too_often(world):
     moved = pd.concat([real, extra], ignore_index=True)
     check = next(c for c in compare_laws(real, moved) if c.law == "income_count_tvd")
     assert check.synthetic > 0.5 and not check.passed
+
+
+def test_the_short_gap_law_catches_events_that_come_too_soon(world):
+    """A generator that lets one card payment in five follow another within two minutes (real customers
+    rarely pay twice in ten minutes) fails the share of gaps under ten minutes."""
+    from simulator.reference_world.fidelity import compare_laws
+
+    real = world["events"]
+    same = next(c for c in compare_laws(real, real) if c.law == "short_gap_share")
+    assert 0.0 < same.real < 1.0 and same.passed
+    pay = real[real["event_type"].astype(str) == "card_payment"]
+    echo = pay.iloc[::5].assign(timestamp=lambda d: d["timestamp"] + pd.Timedelta(minutes=2))
+    check = next(c for c in compare_laws(real, pd.concat([real, echo], ignore_index=True))
+                 if c.law == "short_gap_share")
+    assert check.synthetic > 1.05 * check.real and not check.passed

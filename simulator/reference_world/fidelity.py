@@ -58,6 +58,9 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     stats["closed_is_last_share"] = _ratio(closed.index.isin(last.index).sum(), len(closed))
     stats["closed_user_share"] = _ratio(closed["user_id"].nunique(), ev["user_id"].nunique())
     stats["events_per_user_median"] = float(ev.groupby("user_id").size().median())
+    # how often a customer's next event comes within minutes (sessions: an offer seconds after a login)
+    gaps = ev.sort_values(["user_id", "timestamp"]).groupby("user_id")["timestamp"].diff().dropna()
+    stats["short_gap_share"] = float((gaps < SHORT_GAP).mean()) if len(gaps) else float("nan")
     stats["card_amount_p99"] = float(pay["amount"].quantile(0.99)) if len(pay) else float("nan")
     by_merchant = pay.groupby(merchant)["amount"]
     stats["card_amount_median_by_merchant"] = by_merchant.median()[by_merchant.size() >= MIN_PAYMENTS].to_dict()
@@ -65,6 +68,7 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
 
 
 MIN_PAYMENTS = 50  # merchant categories with fewer card payments are not judged on their median amount
+SHORT_GAP = pd.Timedelta(minutes=10)
 
 
 def _ratio(a, b) -> float:
@@ -146,6 +150,7 @@ def compare_laws(real: pd.DataFrame, synthetic: pd.DataFrame) -> list[LawCheck]:
                            s["closed_is_last_share"] == 1.0))
     rel("closed_user_share", 0.25)
     rel("events_per_user_median", 0.15)
+    rel("short_gap_share", 0.05)
     pay_r, pay_s = _of(real, "card_payment")["amount"], _of(synthetic, "card_payment")["amount"]
     coverage = top_coverage(pay_r, pay_s)
     checks.append(LawCheck("card_amount_top1_coverage", 1.0, coverage, "80-120 %", 0.8 <= coverage <= 1.2))
