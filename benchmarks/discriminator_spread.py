@@ -14,14 +14,12 @@ feature alone, and the synthetic mean minus the real one in real standard deviat
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from validation_report import generated, real_parts
+from validation_report import generated, model_benchmark_parser, real_parts
 
 from models.event_log import load_event_log
 from models.validation.discriminator import discriminator_auc
@@ -30,11 +28,7 @@ from models.validation.samples import Sample, Vocabulary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", default="runs/bench/world", type=Path)
-    parser.add_argument("--model", default="runs/bench/model", type=Path)
-    parser.add_argument("--synthetic", default=None, type=Path, help="a generated dataset directory to read")
-    parser.add_argument("--users", type=int, default=2_000)
+    parser = model_benchmark_parser(__doc__, users=2_000)
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--top", type=int, default=12, help="features to list")
     args = parser.parse_args()

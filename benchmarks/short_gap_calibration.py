@@ -13,13 +13,12 @@ on real customers is the model's own error. Prints both tables and one JSON line
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from validation_report import model_benchmark_parser
 
 from models.encoding import encode
 from models.event_log import load_event_log
@@ -60,11 +59,7 @@ def short_gap_table(model, schema, log, minutes: float, batch: int = 128) -> pd.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", default="runs/bench/world", type=Path)
-    parser.add_argument("--model", default="runs/bench/model", type=Path)
-    parser.add_argument("--synthetic", default=None, type=Path, help="a generated dataset of this model")
-    parser.add_argument("--users", type=int, default=400)
+    parser = model_benchmark_parser(__doc__, users=400)
     parser.add_argument("--minutes", type=float, default=10.0)
     args = parser.parse_args()
     model, schema, _ = load_model(args.model)
