@@ -33,9 +33,9 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     kept = ~both[gaps.groupby(user).size() >= 2]
     stats["pay_schedule_kept_share"] = float(kept.mean()) if len(kept) else float("nan")
     # how many incomes a customer who kept their account gets in the window: one schedule's count, all year
-    closed = set(_of(ev, "account_closed")["user_id"])
+    closed = _of(ev, "account_closed")
     counts = income.groupby("user_id").size().reindex(ev["user_id"].unique(), fill_value=0)
-    kept_account = counts[~counts.index.isin(closed)]
+    kept_account = counts[~counts.index.isin(closed["user_id"])]
     stats["income_count_profile"] = kept_account.value_counts(normalize=True).to_dict()
     stats["income_at_night_share"] = float(income["timestamp"].dt.hour.between(2, 6).mean())
     stats["income_on_weekend_share"] = float(income["timestamp"].dt.day_of_week.isin([5, 6]).mean())
@@ -53,7 +53,6 @@ def law_statistics(events: pd.DataFrame) -> dict[str, float]:
     stats["click_rate"] = _ratio(clicks, shown)
     stats["purchase_per_click"] = _ratio(buys, clicks)
     stats["home_insurance_after_mortgage"], stats["home_insurance_background"] = _chain(ev)
-    closed = _of(ev, "account_closed")
     ordered = ev.sort_values(["user_id", "timestamp"])
     last = ordered.groupby("user_id").tail(1)
     stats["closed_is_last_share"] = _ratio(closed.index.isin(last.index).sum(), len(closed))
