@@ -26,7 +26,8 @@ RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately
 # The memory channel (``memory_inputs``): per amount type, the latest amount and a decayed sum of amounts
 # (what came in and went out lately: a salary stays one salary, a balance that runs low shows); per event
 # type, a slowly decayed count (how active this customer is this quarter, long after the window forgot); per
-# amount type, the days between its latest two amounts (a fortnightly salary is not a monthly one).
+# amount type, the days between its latest two amounts (a fortnightly salary is not a monthly one) and the
+# median of its latest three such periods (one odd gap does not make a fortnightly customer monthly).
 MEMORY_SUM_DAYS = 30.0
 MEMORY_COUNT_DAYS = 91.0
 NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
@@ -88,12 +89,12 @@ class Schema:
     @property
     def memory_size(self) -> int:
         """Inputs of the memory channel (``memory_inputs``)."""
-        return 3 * len(self.amount_types) + len(self.event_types)
+        return 4 * len(self.amount_types) + len(self.event_types)
 
     @property
     def memory_state_size(self) -> int:
         """Raw memory kept per user by ``kernels.remember``."""
-        return 4 * len(self.amount_types) + len(self.event_types)
+        return (3 + kernels.MEMORY_PERIODS) * len(self.amount_types) + len(self.event_types)
 
     @property
     def amount_codes(self) -> list[int]:
@@ -313,13 +314,26 @@ def user_rows(offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def memory_inputs(state: np.ndarray, n_amount: int) -> np.ndarray:
-    """The memory channel's inputs from raw memory ``state`` (rows, 4a + types) kept by ``kernels.remember``:
-    the latest standardised amount per amount type (0 before the first), then log(1 + decayed sum of
-    amounts) per amount type, log(1 + decayed count) per event type and log(1 + days between the latest
-    two amounts) per amount type (0 before the second). float32."""
-    counts_end = state.shape[1] - 2 * n_amount
-    return np.concatenate([state[:, :n_amount], np.log1p(state[:, n_amount:counts_end]),
-                           np.log1p(state[:, counts_end + n_amount:])], axis=1).astype(np.float32)
+    """The memory channel's inputs from raw memory ``state`` (rows, (3 + MEMORY_PERIODS)a + types) kept by
+    ``kernels.remember``: the latest standardised amount per amount type (0 before the first), then log(1 +
+    decayed sum of amounts) per amount type, log(1 + decayed count) per event type, and per amount type
+    log(1 + days between the latest two amounts) and log(1 + the median of the latest MEMORY_PERIODS such
+    periods, of those there are yet; 0 before the second amount). float32."""
+    a, k = n_amount, kernels.MEMORY_PERIODS
+    counts_end = state.shape[1] - (1 + k) * a
+    periods = state[:, counts_end + a:].reshape(len(state), k, a)
+    return np.concatenate([state[:, :a], np.log1p(state[:, a:counts_end]), np.log1p(periods[:, 0]),
+                           np.log1p(median_period(periods))], axis=1).astype(np.float32)
+
+
+def median_period(periods: np.ndarray) -> np.ndarray:
+    """(rows, a): the median of the non-zero entries of ``periods`` (rows, k, a), 0 where all are zero."""
+    k = periods.shape[1]
+    ordered = np.sort(periods, axis=1)  # the zeros ("not yet") first
+    n = (periods > 0).sum(axis=1, keepdims=True)
+    lo, hi = np.clip(k - n + (n - 1) // 2, 0, k - 1), np.clip(k - n + n // 2, 0, k - 1)
+    median = 0.5 * (np.take_along_axis(ordered, lo, 1) + np.take_along_axis(ordered, hi, 1))[:, 0]
+    return np.where(n[:, 0] > 0, median, 0.0)
 
 
 def last_occurrence(size: int, keys: list[np.ndarray], days: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numba as nb
 import numpy as np
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+MEMORY_PERIODS = 3  # periods (days between consecutive amounts) kept per amount type by ``_remember``
 
 
 @nb.njit(cache=True)
@@ -190,10 +191,11 @@ def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amoun
     """Advance one user's memory ``state`` by ``gap_days`` and record one event (see ``memory_inputs``).
 
     Layout: per amount type the latest standardised amount, the decayed sum of amounts; per event type the
-    decayed count; per amount type the days since its latest amount plus one (0: never) and the days between
-    its latest two amounts (its period: a fortnightly salary is not a monthly one)."""
+    decayed count; per amount type the days since its latest amount plus one (0: never), then the days
+    between its latest two amounts (its period: a fortnightly salary is not a monthly one), between the two
+    before, and between the two before those (0: not yet)."""
     a = n_amount
-    n_types = len(state) - 4 * a
+    n_types = len(state) - MEMORY_PERIODS * a - 3 * a
     age = 2 * a + n_types
     shrink_sum, shrink_count = math.exp(-gap_days / sum_scale), math.exp(-gap_days / count_scale)
     for j in range(a):
@@ -207,6 +209,8 @@ def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amoun
         state[slot] = amount_z
         state[a + slot] += abs(amount)
         if state[age + slot] > 0.0:
+            for k in range(MEMORY_PERIODS - 1, 0, -1):
+                state[age + (k + 1) * a + slot] = state[age + k * a + slot]
             state[age + a + slot] = state[age + slot] - 1.0
         state[age + slot] = 1.0
     state[2 * a + type_code] += 1.0
@@ -215,10 +219,11 @@ def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amoun
 @nb.njit(cache=True)
 def memory_of_log(event_type, amount, amount_z, days, offsets, amount_slot, n_amount, n_types, sum_scale,
                   count_scale):
-    """(n, 4a + types) float64 raw memory just after every event of every user (``memory_inputs``)."""
+    """(n, (3 + MEMORY_PERIODS)a + types) float64 raw memory just after every event of every user
+    (``memory_inputs``)."""
     n = len(event_type)
-    out = np.zeros((n, 4 * n_amount + n_types))
-    state = np.zeros(4 * n_amount + n_types)
+    out = np.zeros((n, (3 + MEMORY_PERIODS) * n_amount + n_types))
+    state = np.zeros((3 + MEMORY_PERIODS) * n_amount + n_types)
     for u in range(len(offsets) - 1):
         state[:] = 0.0
         for i in range(offsets[u], offsets[u + 1]):

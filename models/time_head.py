@@ -110,11 +110,14 @@ class TimeHead(nn.Module):
 
     def grid_log_probs(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> torch.Tensor:
         """(..., types, BINS) log P(each type's time falls in each clock hour of the grid | grid part), for a
-        current time in clock hour ``hour0`` of UTC day ``day0``; the hours of that day before it are
-        impossible."""
+        current time in clock hour ``hour0`` of UTC day ``day0``. The grid starts at the next clock hour: the
+        current one, and those before it, are impossible. A grid bin spreads its mass evenly over its hour,
+        so a bin for the current hour would put part of its mass minutes after the last event, whatever the
+        hour stands for; what comes within the current hour is the log-normal mixture's to say, which knows
+        how soon after an event the next one comes (``docs/validation.md``, session 12)."""
         e = self.day(h).unsqueeze(-2) + self.day_embeddings(day0)
         logits = self.hours(torch.tanh(e)).unflatten(-1, (self.types, 24)).transpose(-3, -2).flatten(-2)
-        past = torch.arange(BINS) < hour0.unsqueeze(-1)
+        past = torch.arange(BINS) <= hour0.unsqueeze(-1)
         return F.log_softmax(logits.masked_fill(past.unsqueeze(-2), float("-inf")), dim=-1)
 
     def parts(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> tuple[torch.Tensor, ...]:

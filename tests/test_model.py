@@ -258,10 +258,11 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
     assert np.isclose(last[3], 50 * np.exp(-29 / MEMORY_SUM_DAYS))
     assert np.allclose(last[4:7], [np.exp(-29 / MEMORY_COUNT_DAYS), np.exp(-30 / MEMORY_COUNT_DAYS) + 1,
                                    np.exp(-28 / MEMORY_COUNT_DAYS)])
-    # days since each amount type's latest amount (+1; 0: never), then the days between its latest two:
-    # the income came 30 days after the previous one; the card payment has had no second one yet
-    assert np.allclose(last[7:], [1.0, 30.0, 30.0, 0.0])
-    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0])  # another user starts from nothing
+    # days since each amount type's latest amount (+1; 0: never), then the days between its latest two, and
+    # the two periods before: the income came 30 days after the previous one; the card payment has had no
+    # second one yet
+    assert np.allclose(last[7:], [1.0, 30.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1] + [0] * 8)  # another user starts from nothing
     # Generation updates a batch row by row with the same rule: the same events give the same memory.
     batch = np.zeros((2, state.shape[1]))
     for i, gap in zip(range(4), (0.0, 1.0, 1.0, 28.0), strict=True):
@@ -272,7 +273,24 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
     assert np.allclose(batch, state[[3, 4]])
     inputs = memory_inputs(state, 2)
     assert inputs.dtype == np.float32 and np.allclose(inputs[3, 2:7], np.log1p(last[2:7]))
-    assert np.allclose(inputs[3, 7:], np.log1p([30.0, 0.0]))  # the periods; the day counters are not inputs
+    # the latest periods, then the median periods; the day counters are not inputs
+    assert np.allclose(inputs[3, 7:], np.log1p([30.0, 0.0, 30.0, 0.0]))
+
+
+def test_the_median_period_outvotes_one_odd_gap():
+    """A fortnightly salary that came once after 28 days still reads as fortnightly in the median period,
+    while the latest period says 28: one odd gap must not flip the customer's pay schedule."""
+    from models import kernels
+    from models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, median_period, memory_inputs
+    days = np.array([0.0, 14.0, 28.0, 56.0])
+    state = kernels.memory_of_log(np.zeros(4, np.int64), np.full(4, 1000.0), np.zeros(4, np.float32), days,
+                                  np.array([0, 4]), np.array([0]), 1, 1, MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
+    assert np.allclose(state[:, -3:], [[0, 0, 0], [14, 0, 0], [14, 14, 0], [28, 14, 14]])
+    inputs = memory_inputs(state, 1)
+    assert np.allclose(np.expm1(inputs[:, -2:]), [[0, 0], [14, 14], [14, 14], [28, 14]], atol=1e-4)
+    # of two periods, the mean; of one, itself; of none, 0
+    periods = np.array([[[0.0], [0.0], [0.0]], [[9.0], [0.0], [0.0]], [[10.0], [20.0], [0.0]], [[5.0], [1.0], [3.0]]])
+    assert np.allclose(median_period(periods)[:, 0], [0.0, 9.0, 15.0, 3.0])
 
 
 def test_a_model_that_says_never_for_every_type_generates_silent_customers(model_dir, tmp_path):

@@ -100,3 +100,20 @@ def test_grid_position_of_gaps():
     assert bin_.tolist() == [9, 10, 33, -1]  # same hour, next hour, same hour next day, past the horizon
     assert np.isclose(np.exp(log_width[0]), 0.4) and np.isclose(frac[0], 0.5)
     assert log_width[1] == 0.0 and np.isclose(frac[2], 0.6)
+
+
+def test_the_grid_starts_at_the_next_clock_hour():
+    """The grid places nothing in the hour the customer is in: an event minutes after the last one is the
+    log-normal mixture's alone, so a grid hour cannot smear its mass into a burst of close events."""
+    head = th.TimeHead(16, 4, types=2)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.gate.bias[:] = torch.tensor([-30.0, 30.0, -30.0, 0.0, 0.0, -30.0])  # type 0: grid; 1: half each
+        head.mixture.bias[:] = torch.tensor([0.0] * 4 + [np.log(0.05)] * 4 + [-1.0] * 4).repeat(2)  # ~3 minutes
+    t0 = 1.75e9 - 1.75e9 % 86400 + 3600 * 9.5  # 09:30 UTC
+    u = np.random.default_rng(4).random((20_000, 6))
+    gaps, _ = head.sample(torch.zeros(len(u), 16), np.full(len(u), t0), u)
+    grid_only, _ = head.sample(torch.zeros(len(u), 16), np.full(len(u), t0), np.c_[u[:, :3], np.ones((len(u), 3))])
+    assert (grid_only >= 0.5).all() and (grid_only < 0.6).mean() > 0.0  # from 10:00 on, 10:00-10:06 included
+    assert 0.3 < (gaps < 0.5).mean() < 0.7  # type 1's mixture still comes within the hour, about half the time
