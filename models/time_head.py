@@ -4,7 +4,8 @@ blended with a clock-hour grid over the next days (or never).
 Customer events keep clock and calendar rhythms: logins cluster at certain hours and weekdays, salaries
 post at night on paydays. A mixture of log-normals sees those rhythms only through the gap's length, so
 it blurs them. Here part of each type's mass sits on an explicit grid of the clock hours of the next
-``HORIZON_DAYS`` UTC days (from midnight of the current day): each day's 24 hourly logits per type come
+``HORIZON_DAYS`` UTC days (from midnight of the current day, the hours up to the current one's end left
+out): each day's 24 hourly logits per type come
 from the hidden state *and* that day's calendar (weekday, day of month, days to month end, days ahead)
 through one hidden layer, so "tonight at 3 am, because tomorrow is payday" is easy to express. Within an
 hour the time is uniform. The log-normal part keeps the seconds-apart events of a session and gaps beyond

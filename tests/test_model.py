@@ -204,7 +204,7 @@ def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(sm
 
 
 def test_a_small_model_already_reproduces_rhythms_response_rates_volume_churn_and_amounts(model_dir, small_log):
-    """At test scale (400 users x 120 days, a tiny model, 3 epochs). Paydays and the life-stage chain need
+    """At test scale (400 users x 120 days, a tiny model, 5 epochs). Paydays and the life-stage chain need
     the default model and scale; benchmarks/model_fidelity.py measures all laws there."""
     from simulator.reference_world.fidelity import law_statistics, top_coverage
 
