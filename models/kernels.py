@@ -195,7 +195,7 @@ def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amoun
     between its latest two amounts (its period: a fortnightly salary is not a monthly one), between the two
     before, and between the two before those (0: not yet)."""
     a = n_amount
-    n_types = len(state) - MEMORY_PERIODS * a - 3 * a
+    n_types = len(state) - (3 + MEMORY_PERIODS) * a
     age = 2 * a + n_types
     shrink_sum, shrink_count = math.exp(-gap_days / sum_scale), math.exp(-gap_days / count_scale)
     for j in range(a):
@@ -222,8 +222,8 @@ def memory_of_log(event_type, amount, amount_z, days, offsets, amount_slot, n_am
     """(n, (3 + MEMORY_PERIODS)a + types) float64 raw memory just after every event of every user
     (``memory_inputs``)."""
     n = len(event_type)
-    out = np.zeros((n, (3 + MEMORY_PERIODS) * n_amount + n_types))
     state = np.zeros((3 + MEMORY_PERIODS) * n_amount + n_types)
+    out = np.zeros((n, len(state)))
     for u in range(len(offsets) - 1):
         state[:] = 0.0
         for i in range(offsets[u], offsets[u + 1]):
