@@ -2,7 +2,7 @@
 
     python benchmarks/validation_report.py --world runs/bench/world --model runs/bench/model \\
         [--synthetic runs/bench/synthetic] [--out runs/bench/validation] [--cases synthetic,copy,...] [--seed 0]
-        [--seeds 0,1,2,3,4]
+        [--seeds 1,2,3,4]
 
 Train and holdout users come from the model directory's split; its validation users (never trained on)
 serve as the second holdout. Without --synthetic, 2,000 users are generated from the model over its
