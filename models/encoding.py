@@ -17,7 +17,8 @@ import pandas as pd
 
 from models import kernels
 from models.errors import TwinsimError
-from models.event_log import AMOUNT, EventLog
+from models.event_log import AMOUNT, EventLog, utc_seconds
+from models.profile import is_profile, profiled
 
 NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
@@ -27,7 +28,9 @@ RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately
 # (what came in and went out lately: a salary stays one salary, a balance that runs low shows); per event
 # type, a slowly decayed count (how active this customer is this quarter, long after the window forgot); per
 # amount type, the days between its latest two amounts (a fortnightly salary is not a monthly one) and the
-# median of its latest three such periods (one odd gap does not make a fortnightly customer monthly).
+# median of its latest three such periods (one odd gap does not make a fortnightly customer monthly); per
+# event type, the weekly rate since the customer's first event, and how long ago that was (how active this
+# customer is for good: a year-long rollout must not drift every customer towards the average one).
 MEMORY_SUM_DAYS = 30.0
 MEMORY_COUNT_DAYS = 91.0
 NEVER = -1.0e4  # "last occurrence" of something that has not happened yet, in days before the window start
@@ -89,12 +92,12 @@ class Schema:
     @property
     def memory_size(self) -> int:
         """Inputs of the memory channel (``memory_inputs``)."""
-        return 4 * len(self.amount_types) + len(self.event_types)
+        return 4 * len(self.amount_types) + 2 * len(self.event_types) + 1
 
     @property
     def memory_state_size(self) -> int:
         """Raw memory kept per user by ``kernels.remember``."""
-        return (3 + kernels.MEMORY_PERIODS) * len(self.amount_types) + len(self.event_types)
+        return kernels.memory_state_size(len(self.amount_types), len(self.event_types))
 
     @property
     def amount_codes(self) -> list[int]:
@@ -256,7 +259,10 @@ def split_of(user_ids: np.ndarray, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.n
 
 # ------------------------------------------------------------------------------------------- encode
 def encode(log: EventLog, schema: Schema) -> EncodedLog:
-    """Apply ``schema`` to a validated log. Unknown categories map to ``<none>``."""
+    """Apply ``schema`` to a validated log. Unknown categories map to ``<none>``. A log without the activity
+    profile columns the schema has (``models/profile.py``) gets them from its events over the schema's window."""
+    if any(is_profile(n) and (log.users is None or n not in log.users) for n in schema.numeric_attributes):
+        log = profiled(log, schema, schema.window_start_s, schema.window_end_s)
     ev = log.events
     user_codes, user_ids = pd.factorize(ev["user_id"], sort=False)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(user_codes, minlength=len(user_ids)))]).astype(np.int64)
@@ -270,8 +276,7 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
     for j, (name, vocab) in enumerate(schema.marks.items()):
         if name in ev:
             marks[:, j] = _codes(ev[name], vocab)
-    time_s = ev["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]")
-    time_s = time_s.astype(np.int64) / 1e6
+    time_s = utc_seconds(ev["timestamp"])
     previous = np.empty_like(time_s)
     previous[1:] = time_s[:-1]
     previous[offsets[:-1]] = schema.window_start_s  # a user's first gap runs from the window start
@@ -314,16 +319,21 @@ def user_rows(offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def memory_inputs(state: np.ndarray, n_amount: int) -> np.ndarray:
-    """The memory channel's inputs from raw memory ``state`` (rows, (3 + MEMORY_PERIODS)a + types) kept by
+    """The memory channel's inputs from raw memory ``state`` (rows, ``kernels.memory_state_size``) kept by
     ``kernels.remember``: the latest standardised amount per amount type (0 before the first), then log(1 +
     decayed sum of amounts) per amount type, log(1 + decayed count) per event type, and per amount type
     log(1 + days between the latest two amounts) and log(1 + the median of the latest MEMORY_PERIODS such
-    periods, of those there are yet; 0 before the second amount). float32."""
+    periods, of those there are yet; 0 before the second amount); then per event type log(1 + its weekly
+    rate since the first event, over at least a week) and log(1 + days since the first event). float32."""
     a, k = n_amount, kernels.MEMORY_PERIODS
-    counts_end = state.shape[1] - (1 + k) * a
-    periods = state[:, counts_end + a:].reshape(len(state), k, a)
+    n_types = kernels.memory_types(state.shape[1], a)
+    counts_end = 2 * a + n_types
+    periods = state[:, counts_end + a:counts_end + (1 + k) * a].reshape(len(state), k, a)
+    lifetime, elapsed = state[:, -1 - n_types:-1], state[:, -1:]
+    rate = 7.0 * lifetime / np.maximum(elapsed, 7.0)
     return np.concatenate([state[:, :a], np.log1p(state[:, a:counts_end]), np.log1p(periods[:, 0]),
-                           np.log1p(median_period(periods))], axis=1).astype(np.float32)
+                           np.log1p(median_period(periods)), np.log1p(rate),
+                           np.log1p(np.maximum(elapsed - 1.0, 0.0))], axis=1).astype(np.float32)
 
 
 def median_period(periods: np.ndarray) -> np.ndarray:

@@ -34,6 +34,12 @@ _SOURCE, _ROW = "__source_file__", "__source_row__"
 _ZONE_SUFFIX = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 
+
+def utc_seconds(timestamps: pd.Series) -> np.ndarray:
+    """Epoch seconds (float64, to the microsecond) of a tz-aware timestamp column."""
+    return timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(
+        np.int64) / 1e6
+
 @dataclass
 class EventLog:
     """A validated event log: events sorted by user and time, timestamps in UTC, categories."""

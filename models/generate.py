@@ -23,6 +23,7 @@ from models import kernels
 from models.encoding import Schema, static_arrays
 from models.errors import TwinsimError
 from models.model_dir import load_model, read_table
+from models.profile import without_profile
 from models.rollout import PURPOSE_ATTRIBUTES, Events, Rollout
 from models.rowwise import MIN_ROWS
 from models.transformer import EventTransformer
@@ -81,11 +82,10 @@ def sample_attributes(model_dir: Path, schema: Schema, n: int, seed: int,
     users = pd.DataFrame({"user_id": [f"s{i:07d}" for i in range(n)]})
     for j, name in enumerate(names):
         values = rows[name].to_numpy()
-        if name in schema.numeric_attributes:
-            edges = np.asarray(meta["numeric_bin_edges"][name])
-            lo, hi = edges[values.astype(int)], edges[np.minimum(values.astype(int) + 1, len(edges) - 1)]
-            drawn = lo + (hi - lo) * u[:, 1 + j]
-            users[name] = np.round(drawn).astype(np.int64) if name in meta.get("numeric_integer", []) else drawn
+        if name in schema.numeric_attributes:  # one of the bin's quantiles (``training.attribute_table``)
+            bins = np.asarray(meta["numeric_bin_values"][name])
+            users[name] = bins[values.astype(int), np.minimum((u[:, 1 + j] * bins.shape[1]).astype(int),
+                                                               bins.shape[1] - 1)]
         else:
             users[name] = pd.Categorical(values)
     return users
@@ -157,6 +157,7 @@ def generate(model_dir: str | Path, config: GenerateConfig,
     raw = sampler.run(static_cat, static_num, start_s, end_s, config.batch_size, on_progress)
     seconds = time.perf_counter() - started
     events = events_frame(raw, users["user_id"].to_numpy(), schema)
+    users = without_profile(users)
     summary = {"users": config.users, "events": len(events), "seconds": round(seconds, 3),
                "events_per_second": round(len(events) / max(seconds, 1e-9)),
                "window": {"start": start.isoformat(),

@@ -193,10 +193,17 @@ def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amoun
     Layout: per amount type the latest standardised amount, the decayed sum of amounts; per event type the
     decayed count; per amount type the days since its latest amount plus one (0: never), then the days
     between its latest two amounts (its period: a fortnightly salary is not a monthly one), between the two
-    before, and between the two before those (0: not yet)."""
+    before, and between the two before those (0: not yet); per event type the count since the first event
+    (not decayed); the days since the first event plus one (0: no event yet)."""
     a = n_amount
-    n_types = len(state) - (3 + MEMORY_PERIODS) * a
+    n_types = memory_types(len(state), a)
     age = 2 * a + n_types
+    lifetime = age + (1 + MEMORY_PERIODS) * a
+    elapsed = lifetime + n_types
+    if state[elapsed] > 0.0:
+        state[elapsed] += gap_days
+    else:
+        state[elapsed] = 1.0
     shrink_sum, shrink_count = math.exp(-gap_days / sum_scale), math.exp(-gap_days / count_scale)
     for j in range(a):
         state[a + j] *= shrink_sum
@@ -214,15 +221,27 @@ def _remember(state, gap_days, type_code, amount, amount_z, amount_slot, n_amoun
             state[age + a + slot] = state[age + slot] - 1.0
         state[age + slot] = 1.0
     state[2 * a + type_code] += 1.0
+    state[lifetime + type_code] += 1.0
+
+
+@nb.njit(cache=True)
+def memory_state_size(n_amount, n_types):
+    """Length of one user's raw memory (``_remember``)."""
+    return (3 + MEMORY_PERIODS) * n_amount + 2 * n_types + 1
+
+
+@nb.njit(cache=True)
+def memory_types(size, n_amount):
+    """The number of event types of a raw memory of length ``size`` (``memory_state_size``)."""
+    return (size - (3 + MEMORY_PERIODS) * n_amount - 1) // 2
 
 
 @nb.njit(cache=True)
 def memory_of_log(event_type, amount, amount_z, days, offsets, amount_slot, n_amount, n_types, sum_scale,
                   count_scale):
-    """(n, (3 + MEMORY_PERIODS)a + types) float64 raw memory just after every event of every user
-    (``memory_inputs``)."""
+    """(n, ``memory_state_size``) float64 raw memory just after every event of every user (``memory_inputs``)."""
     n = len(event_type)
-    state = np.zeros((3 + MEMORY_PERIODS) * n_amount + n_types)
+    state = np.zeros(memory_state_size(n_amount, n_types))
     out = np.zeros((n, len(state)))
     for u in range(len(offsets) - 1):
         state[:] = 0.0

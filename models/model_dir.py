@@ -26,7 +26,7 @@ from models.encoding import Schema
 from models.errors import TwinsimError
 from models.transformer import EventTransformer, ModelConfig
 
-FORMAT, FORMAT_VERSION = "twinsim-model", 6
+FORMAT, FORMAT_VERSION = "twinsim-model", 7
 
 
 def library_versions() -> dict[str, str]:

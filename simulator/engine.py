@@ -33,6 +33,7 @@ import torch
 from models.encoding import Schema
 from models.errors import OutputExistsError, TwinsimError
 from models.model_dir import load_model, read_table
+from models.profile import without_profile
 from models.rowwise import MIN_ROWS
 from models.transformer import KVCache
 from scenarios.scenario import Scenario, load_scenario
@@ -133,7 +134,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                 "scenario_sha256": hashlib.sha256(json.dumps(scenario.to_json(), sort_keys=True).encode()).hexdigest()}
     manifest = _open_run(out, identity, resume, overwrite)
     if not (out / "users.parquet").exists():
-        sink.write_atomic(population.users, out / "users.parquet")
+        sink.write_atomic(without_profile(population.users), out / "users.parquet")
     cohorts = [np.arange(i, min(i + config.cohort_size, len(population)))
                for i in range(0, len(population), config.cohort_size)]
     done = {int(k): v for k, v in manifest["cohorts_done"].items()}

@@ -16,6 +16,7 @@ from models.encoding import Schema, encode, static_arrays, user_rows
 from models.errors import TwinsimError
 from models.event_log import load_event_log
 from models.generate import sample_attributes
+from models.profile import is_profile, profiled
 
 
 @dataclass
@@ -55,9 +56,13 @@ def history_population(path: Path, schema: Schema) -> Population:
     """The customers of the event log at ``path`` (with events), each with their own history."""
     log = load_event_log(path)
     if log.users is None:
+        needed = [*schema.categorical_attributes, *(a for a in schema.numeric_attributes if not is_profile(a))]
         raise TwinsimError(f"--history {path}: no users table found; the model needs each customer's attributes "
-                           f"{list(schema.categorical_attributes) + list(schema.numeric_attributes)}: put a "
+                           f"{needed}: put a "
                            "users.parquet (user_id + attributes) beside the events")
+    stamps = log.events["timestamp"]  # the history's own window gives each customer's activity profile
+    log = profiled(log, schema, stamps.min().floor("D").timestamp(),
+                   (stamps.max().floor("D") + pd.Timedelta(days=1)).timestamp())
     missing = [a for a in [*schema.categorical_attributes, *schema.numeric_attributes] if a not in log.users]
     if missing:
         raise TwinsimError(f"--history {path}: the users table lacks attribute column(s) {missing} the model was "

@@ -204,7 +204,7 @@ def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(sm
 
 
 def test_a_small_model_already_reproduces_rhythms_response_rates_volume_churn_and_amounts(model_dir, small_log):
-    """At test scale (400 users x 120 days, a tiny model, 5 epochs). Paydays and the life-stage chain need
+    """At test scale (400 users x 120 days, a tiny model, 8 epochs). Paydays and the life-stage chain need
     the default model and scale; benchmarks/model_fidelity.py measures all laws there."""
     from simulator.reference_world.fidelity import law_statistics, top_coverage
 
@@ -261,8 +261,10 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
     # days since each amount type's latest amount (+1; 0: never), then the days between its latest two, and
     # the two periods before: the income came 30 days after the previous one; the card payment has had no
     # second one yet
-    assert np.allclose(last[7:], [1.0, 30.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1] + [0] * 8)  # another user starts from nothing
+    assert np.allclose(last[7:15], [1.0, 30.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # the counts since the first event, never decayed, and the days since the first event plus one
+    assert np.allclose(last[15:], [1.0, 2.0, 1.0, 31.0])
+    assert np.allclose(state[4], [0, 0, 0, 0, 0, 0, 1] + [0] * 8 + [0, 0, 1, 1])  # another user starts afresh
     # Generation updates a batch row by row with the same rule: the same events give the same memory.
     batch = np.zeros((2, state.shape[1]))
     for i, gap in zip(range(4), (0.0, 1.0, 1.0, 28.0), strict=True):
@@ -273,8 +275,11 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
     assert np.allclose(batch, state[[3, 4]])
     inputs = memory_inputs(state, 2)
     assert inputs.dtype == np.float32 and np.allclose(inputs[3, 2:7], np.log1p(last[2:7]))
-    # the latest periods, then the median periods; the day counters are not inputs
-    assert np.allclose(inputs[3, 7:], np.log1p([30.0, 0.0, 30.0, 0.0]))
+    # the latest periods, then the median periods (the day counters are not inputs), then the weekly rate
+    # of each type since the first event and the days since it
+    assert np.allclose(inputs[3, 7:11], np.log1p([30.0, 0.0, 30.0, 0.0]))
+    assert np.allclose(inputs[3, 11:], np.log1p([7 / 31, 14 / 31, 7 / 31, 30.0]))
+    assert np.allclose(memory_inputs(state, 2)[4, 11:], np.log1p([0.0, 0.0, 1.0, 0.0]))  # a rate over a week at least
 
 
 def test_the_median_period_outvotes_one_odd_gap():
@@ -285,12 +290,27 @@ def test_the_median_period_outvotes_one_odd_gap():
     days = np.array([0.0, 14.0, 28.0, 56.0])
     state = kernels.memory_of_log(np.zeros(4, np.int64), np.full(4, 1000.0), np.zeros(4, np.float32), days,
                                   np.array([0, 4]), np.array([0]), 1, 1, MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
-    assert np.allclose(state[:, -3:], [[0, 0, 0], [14, 0, 0], [14, 14, 0], [28, 14, 14]])
+    assert np.allclose(state[:, 4:7], [[0, 0, 0], [14, 0, 0], [14, 14, 0], [28, 14, 14]])
     inputs = memory_inputs(state, 1)
-    assert np.allclose(np.expm1(inputs[:, -2:]), [[0, 0], [14, 14], [14, 14], [28, 14]], atol=1e-4)
+    assert np.allclose(np.expm1(inputs[:, 3:5]), [[0, 0], [14, 14], [14, 14], [28, 14]], atol=1e-4)
     # of two periods, the mean; of one, itself; of none, 0
     periods = np.array([[[0.0], [0.0], [0.0]], [[9.0], [0.0], [0.0]], [[10.0], [20.0], [0.0]], [[5.0], [1.0], [3.0]]])
     assert np.allclose(median_period(periods)[:, 0], [0.0, 9.0, 15.0, 3.0])
+
+
+def test_the_rate_since_the_first_event_outlasts_the_decayed_count():
+    """A customer who paid every day for 20 weeks and then paused for 20 weeks is still a daily payer to the
+    rate since the first event, long after the 91-day decayed count has forgotten: what keeps a heavy user
+    heavy through a year-long rollout."""
+    from models import kernels
+    from models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, memory_inputs
+    days = np.concatenate([np.arange(140.0), [280.0]])
+    n = len(days)
+    state = kernels.memory_of_log(np.zeros(n, np.int64), np.full(n, np.nan), np.zeros(n, np.float32), days,
+                                  np.array([0, n]), np.array([-1]), 0, 1, MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
+    decayed, rate, elapsed = np.expm1(memory_inputs(state, 0)[-1])
+    assert decayed < 0.25 * np.expm1(memory_inputs(state, 0)[139, 0])
+    assert np.isclose(rate, 7 * 141 / 281) and np.isclose(elapsed, 280.0)
 
 
 def test_a_model_that_says_never_for_every_type_generates_silent_customers(model_dir, tmp_path):

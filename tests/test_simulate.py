@@ -75,6 +75,7 @@ def test_day_partitions_users_table_manifest_and_same_seed_same_run(model_dir, t
     assert a["timestamp"].max() < pd.Timestamp("2025-02-11", tz="UTC")
     users = pd.read_parquet(tmp_path / "a" / "users.parquet")
     assert len(users) == 60 and set(a["user_id"]) <= set(users["user_id"])
+    assert not [c for c in users.columns if c.startswith("activity:")]  # the model's profile, not the contract's
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["events"] == len(a) and manifest["history_events"] == len(history)
     assert len(manifest["model_sha256"]) == 64 and manifest["config"]["seed"] == 2
@@ -153,6 +154,8 @@ def test_continuing_an_event_log_starts_every_user_from_their_own_last_event(mod
     manifest = simulate(model_dir, SimulateConfig(users=None, history=str(log_dir), days=20, seed=1, cohort_size=32),
                         tmp_path / "run")
     assert manifest["start"] == cut.isoformat()  # default: the day after the log's last event
+    # each customer's activity profile is read from their history; the users table written is theirs
+    assert list(pd.read_parquet(tmp_path / "run" / "users.parquet").columns) == list(small_log.users.columns)
     bridged = pd.concat([events_of(tmp_path / "run", "history"), events_of(tmp_path / "run")]) \
         if (tmp_path / "run" / "history").exists() else events_of(tmp_path / "run")
     last = events.groupby("user_id", observed=True)["timestamp"].max()
