@@ -23,7 +23,8 @@ import torch
 
 from models.errors import TwinsimError
 
-NOT_COVERED = ["static-attribute table (attributes.parquet)", "event, mark and attribute vocabularies",
+NOT_COVERED = ["static-attribute table (attributes.parquet), activity profile included",
+               "event, mark and attribute vocabularies",
                "amount and attribute normalisation constants"]
 
 
