@@ -191,7 +191,7 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
     for name in log.attributes:
         values = users[name]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            numeric[name] = (float(values.mean()), float(values.std() or 1.0))
+            numeric[name] = normalisation(values)
         else:
             categorical[name] = [NONE, *sorted(map(str, values.dropna().unique()))]
     context_columns, context_mean, context_std = [], [], []
@@ -200,8 +200,7 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
             context_columns.append(column)
             context_mean.append(float(log.context[column].mean()))
             context_std.append(float(log.context[column].std() or 1.0))
-    start = ev["timestamp"].min().floor("D")
-    end = ev["timestamp"].max().floor("D") + pd.Timedelta(days=1)
+    start, end = observation_window(ev["timestamp"])
     marks = {m: [NONE, *sorted(map(str, ev[m].dropna().unique()))] for m in log.marks}
     return Schema(
         event_types=types,
@@ -220,6 +219,16 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
         split_seed=split_seed,
         recency_pairs=recency_pairs(ev, types, marks),
     )
+
+
+def normalisation(values: pd.Series) -> tuple[float, float]:
+    """(mean, standard deviation, 1 where it is 0) that standardise a numeric attribute."""
+    return float(values.mean()), float(values.std() or 1.0)
+
+
+def observation_window(timestamps: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[start, end): from the day of the first timestamp to the end of the day of the last."""
+    return timestamps.min().floor("D"), timestamps.max().floor("D") + pd.Timedelta(days=1)
 
 
 def recency_pairs(events: pd.DataFrame, types: list[str], marks: dict[str, list[str]],

@@ -80,10 +80,9 @@ def fit_profile(log: EventLog, schema: Schema) -> tuple[EventLog, Schema]:
     start_s, end_s = schema.window_start_s, schema.window_end_s
     log = with_profile(log, profile_types(log, schema.terminal_types, start_s, end_s), schema.terminal_types,
                        start_s, end_s)
-    numeric = dict(schema.numeric_attributes)
-    for name in profile_columns(log.users):
-        values = log.users[name]
-        numeric[name] = (float(values.mean()), float(values.std() or 1.0))
+    from models.encoding import normalisation  # encoding imports this module
+
+    numeric = {**schema.numeric_attributes, **{c: normalisation(log.users[c]) for c in profile_columns(log.users)}}
     return log, replace(schema, numeric_attributes=numeric)
 
 

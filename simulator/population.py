@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.encoding import Schema, encode, static_arrays, user_rows
+from models.encoding import Schema, encode, observation_window, static_arrays, user_rows
 from models.errors import TwinsimError
 from models.event_log import load_event_log
 from models.generate import sample_attributes
@@ -60,9 +60,8 @@ def history_population(path: Path, schema: Schema) -> Population:
         raise TwinsimError(f"--history {path}: no users table found; the model needs each customer's attributes "
                            f"{needed}: put a "
                            "users.parquet (user_id + attributes) beside the events")
-    stamps = log.events["timestamp"]  # the history's own window gives each customer's activity profile
-    log = profiled(log, schema, stamps.min().floor("D").timestamp(),
-                   (stamps.max().floor("D") + pd.Timedelta(days=1)).timestamp())
+    start, end = observation_window(log.events["timestamp"])  # the history's own: each customer's profile
+    log = profiled(log, schema, start.timestamp(), end.timestamp())
     missing = [a for a in [*schema.categorical_attributes, *schema.numeric_attributes] if a not in log.users]
     if missing:
         raise TwinsimError(f"--history {path}: the users table lacks attribute column(s) {missing} the model was "
