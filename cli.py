@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from models.errors import TwinsimError
+from twinsim.models.errors import TwinsimError
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -76,7 +76,7 @@ def reference_world(users: int, days: int, start: date, seed: int, output: Path,
     Example:
       twinsim reference-world --users 5000 --days 365 --seed 7 -o runs/world
     """
-    from simulator.reference_world import WorldConfig, generate_reference_world
+    from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
 
     config = WorldConfig(users=users, days=days, start=start, seed=seed)
     config.validate()
@@ -105,8 +105,8 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
       twinsim inspect runs/world
       twinsim inspect events.csv --users customers.csv --json
     """
-    from models.event_log import load_event_log
-    from models.summary import format_summary, summarize
+    from twinsim.models.event_log import load_event_log
+    from twinsim.models.summary import format_summary, summarize
 
     log = load_event_log(path, users)
     for note in log.notes:
@@ -159,9 +159,9 @@ def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size:
       twinsim train runs/world -o runs/model --epochs 8
       twinsim train runs/world -o runs/model-dp --dp-epsilon 8 --epochs 8
     """
-    from models.event_log import load_event_log
-    from models.training import TrainConfig
-    from models.training import train as fit
+    from twinsim.models.event_log import load_event_log
+    from twinsim.models.training import TrainConfig
+    from twinsim.models.training import train as fit
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                          max_train_users=max_train_users, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
@@ -234,9 +234,9 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
     """
     import pandas as pd
 
-    from models.artifacts import atomic_output_dir, check_output_dir, write_json
-    from models.generate import GenerateConfig, parse_where
-    from models.generate import generate as sample
+    from twinsim.models.artifacts import atomic_output_dir, check_output_dir, write_json
+    from twinsim.models.generate import GenerateConfig, parse_where
+    from twinsim.models.generate import generate as sample
 
     config = GenerateConfig(users=users, start=pd.Timestamp(start), days=days, seed=seed, where=parse_where(where),
                             batch_size=batch_size)
@@ -295,8 +295,8 @@ def simulate(model_dir: Path, users: int | None, start: date | None, days: int, 
     """
     import time
 
-    from simulator.engine import Progress, SimulateConfig
-    from simulator.engine import simulate as run
+    from twinsim.simulator.engine import Progress, SimulateConfig
+    from twinsim.simulator.engine import simulate as run
 
     if users is not None and history is not None:
         raise TwinsimError("give either --users (new customers) or --history (continue a log's customers), not both")
@@ -369,9 +369,9 @@ def validate(ctx: click.Context, train: Path | None, holdout: Path | None, model
     """
     import time
 
-    from models.artifacts import check_output_dir
-    from models.validation import ValidationConfig, run_model_validation, run_validation
-    from models.validation.report import format_summary, write_report
+    from twinsim.models.artifacts import check_output_dir
+    from twinsim.models.validation import ValidationConfig, run_model_validation, run_validation
+    from twinsim.models.validation.report import format_summary, write_report
 
     if (train is None) != (holdout is None) or (model_dir is None) != (data is None) \
             or (train is None) == (model_dir is None):

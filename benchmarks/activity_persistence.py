@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from validation_report import generated, model_benchmark_parser, real_parts
 
-from models.event_log import load_event_log
+from twinsim.models.event_log import load_event_log
 
 MONTHS = (2, 6, 12)
 QUANTILES = (0.05, 0.5, 0.95)

@@ -21,10 +21,10 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from validation_report import generated, model_benchmark_parser, real_parts
 
-from models.event_log import load_event_log
-from models.validation.discriminator import discriminator_auc
-from models.validation.features import standardise, user_features
-from models.validation.samples import Sample, Vocabulary
+from twinsim.models.event_log import load_event_log
+from twinsim.models.validation.discriminator import discriminator_auc
+from twinsim.models.validation.features import standardise, user_features
+from twinsim.models.validation.samples import Sample, Vocabulary
 
 
 def main() -> None:

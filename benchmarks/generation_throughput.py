@@ -19,7 +19,7 @@ import time
 import pandas as pd
 import torch
 
-from models.generate import GenerateConfig, generate
+from twinsim.models.generate import GenerateConfig, generate
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.event_log import load_event_log
-from models.generate import GenerateConfig, generate
-from models.training import train
-from simulator.reference_world import WorldConfig, generate_reference_world
-from simulator.reference_world.fidelity import compare_laws, format_checks
+from twinsim.models.event_log import load_event_log
+from twinsim.models.generate import GenerateConfig, generate
+from twinsim.models.training import train
+from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
+from twinsim.simulator.reference_world.fidelity import compare_laws, format_checks
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simulator.reference_world import WorldConfig, generate_reference_world
+from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
 
 
 def main() -> None:

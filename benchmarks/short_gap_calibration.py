@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from validation_report import model_benchmark_parser
 
-from models.encoding import encode
-from models.event_log import load_event_log
-from models.model_dir import load_model
-from models.time_head import clock_hours, grid_position, next_event_log_prob
-from models.validation.samples import split_by_model
-from models.windows import EVENT, collate, make_windows, user_ended
+from twinsim.models.encoding import encode
+from twinsim.models.event_log import load_event_log
+from twinsim.models.model_dir import load_model
+from twinsim.models.time_head import clock_hours, grid_position, next_event_log_prob
+from twinsim.models.validation.samples import split_by_model
+from twinsim.models.windows import EVENT, collate, make_windows, user_ended
 
 
 @torch.no_grad()

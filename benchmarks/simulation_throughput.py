@@ -30,11 +30,11 @@ import numpy as np
 import simpy
 import torch
 
-from models.model_dir import load_model, read_table
-from models.rollout import Rollout
-from models.rowwise import MIN_ROWS
-from simulator.engine import SimulateConfig, simulate
-from simulator.population import as_utc, new_population
+from twinsim.models.model_dir import load_model, read_table
+from twinsim.models.rollout import Rollout
+from twinsim.models.rowwise import MIN_ROWS
+from twinsim.simulator.engine import SimulateConfig, simulate
+from twinsim.simulator.population import as_utc, new_population
 
 
 def engine(model: str, users: int, days: int, history_days: int, start: str, profile: bool) -> dict:

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.encoding import split_of
-from models.event_log import EventLog, load_event_log
-from models.validation import ValidationConfig, run_validation, sabotage
-from models.validation.report import write_report
-from models.validation.run import differential_privacy
-from models.validation.samples import split_by_model
+from twinsim.models.encoding import split_of
+from twinsim.models.event_log import EventLog, load_event_log
+from twinsim.models.validation import ValidationConfig, run_validation, sabotage
+from twinsim.models.validation.report import write_report
+from twinsim.models.validation.run import differential_privacy
+from twinsim.models.validation.samples import split_by_model
 
 CASES = ("synthetic", "second_holdout", "copy", "shuffled", "shifted")
 HEADLINE = ("bivariate_accuracy", "coherence_accuracy", "inter_event_time", "calendar_hour", "calendar_weekday",
@@ -50,7 +50,7 @@ def real_parts(world: Path, model: Path | None) -> tuple[EventLog, EventLog, Eve
 
 def generated(model: Path, users: int) -> EventLog:
     """Synthetic users over the model's training window, in memory."""
-    from models.generate import GenerateConfig, generate
+    from twinsim.models.generate import GenerateConfig, generate
 
     schema = json.loads((model / "model.json").read_text())["schema"]
     start, end = pd.Timestamp(schema["window_start"]), pd.Timestamp(schema["window_end"])

@@ -1,7 +1,7 @@
 """Models: the event-log contract, encoding, the event-sequence model, sampling and evaluation."""
 
-from models.errors import DataContractError, TwinsimError
-from models.event_log import EventLog, load_event_log
+from twinsim.models.errors import DataContractError, TwinsimError
+from twinsim.models.event_log import EventLog, load_event_log
 
 __all__ = ["DataContractError", "EventLog", "TwinModel", "TwinsimError", "load_event_log"]
 
@@ -9,7 +9,7 @@ __all__ = ["DataContractError", "EventLog", "TwinModel", "TwinsimError", "load_e
 def __getattr__(name: str):
     # TwinModel pulls in torch; import it only when asked for, so `inspect` starts fast.
     if name == "TwinModel":
-        from models.twin import TwinModel
+        from twinsim.models.twin import TwinModel
 
         return TwinModel
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
+    raise AttributeError(f"module 'twinsim.models' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from models.errors import OutputExistsError
+from twinsim.models.errors import OutputExistsError
 
 
 def check_output_dir(path: Path, overwrite: bool, option: str = "-o/--output") -> None:

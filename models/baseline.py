@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from models.encoding import EncodedLog, Schema
-from models.windows import user_ended
+from twinsim.models.encoding import EncodedLog, Schema
+from twinsim.models.windows import user_ended
 
 SMOOTHING = 0.5  # additive smoothing of every categorical table
 MIN_COUNT = 5  # gap and amount statistics with fewer observations fall back to the pooled ones

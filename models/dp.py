@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.errors import TwinsimError
+from twinsim.models.errors import TwinsimError
 
 NOT_COVERED = ["static-attribute table (attributes.parquet), activity profile included",
                "event, mark and attribute vocabularies",

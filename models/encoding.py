@@ -15,10 +15,10 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from models import kernels
-from models.errors import TwinsimError
-from models.event_log import AMOUNT, EventLog, utc_seconds
-from models.profile import is_profile, profiled
+from twinsim.models import kernels
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import AMOUNT, EventLog, utc_seconds
+from twinsim.models.profile import is_profile, profiled
 
 NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs

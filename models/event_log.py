@@ -8,7 +8,7 @@ The contract (docs/data-contract.md):
 * ``context`` (optional): ``date`` plus numeric daily series that act on everyone (a macro index).
 
 Input is Parquet or CSV, a single file or a directory of files. Anything that breaks the contract raises
-:class:`~models.errors.DataContractError` naming the file, the column, an example row and the fix.
+:class:`~twinsim.models.errors.DataContractError` naming the file, the column, an example row and the fix.
 
 >>> log = load_event_log("runs/demo/world")          # doctest: +SKIP
 >>> log.events.dtypes["timestamp"]                    # doctest: +SKIP
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from models.errors import DataContractError
+from twinsim.models.errors import DataContractError
 
 EVENT_COLUMNS = ("user_id", "timestamp", "event_type")
 AMOUNT = "amount"

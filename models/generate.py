@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import kernels
-from models.encoding import Schema, static_arrays
-from models.errors import TwinsimError
-from models.model_dir import load_model, read_table
-from models.profile import without_profile
-from models.rollout import PURPOSE_ATTRIBUTES, Events, Rollout
-from models.rowwise import MIN_ROWS
-from models.transformer import EventTransformer
+from twinsim.models import kernels
+from twinsim.models.encoding import Schema, static_arrays
+from twinsim.models.errors import TwinsimError
+from twinsim.models.model_dir import load_model, read_table
+from twinsim.models.profile import without_profile
+from twinsim.models.rollout import PURPOSE_ATTRIBUTES, Events, Rollout
+from twinsim.models.rowwise import MIN_ROWS
+from twinsim.models.transformer import EventTransformer
 
 
 @dataclass

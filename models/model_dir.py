@@ -21,10 +21,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from models.artifacts import write_json
-from models.encoding import Schema
-from models.errors import TwinsimError
-from models.transformer import EventTransformer, ModelConfig
+from twinsim.models.artifacts import write_json
+from twinsim.models.encoding import Schema
+from twinsim.models.errors import TwinsimError
+from twinsim.models.transformer import EventTransformer, ModelConfig
 
 FORMAT, FORMAT_VERSION = "twinsim-model", 7
 

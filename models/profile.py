@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from models.errors import TwinsimError
-from models.event_log import EventLog, utc_seconds
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import EventLog, utc_seconds
 
 if TYPE_CHECKING:
-    from models.encoding import Schema
+    from twinsim.models.encoding import Schema
 
 PREFIX = "activity:"
 MIN_WEEKLY_RATE = 0.1
@@ -80,7 +80,7 @@ def fit_profile(log: EventLog, schema: Schema) -> tuple[EventLog, Schema]:
     start_s, end_s = schema.window_start_s, schema.window_end_s
     log = with_profile(log, profile_types(log, schema.terminal_types, start_s, end_s), schema.terminal_types,
                        start_s, end_s)
-    from models.encoding import normalisation  # encoding imports this module
+    from twinsim.models.encoding import normalisation  # encoding imports this module
 
     numeric = {**schema.numeric_attributes, **{c: normalisation(log.users[c]) for c in profile_columns(log.users)}}
     return log, replace(schema, numeric_attributes=numeric)

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import kernels
-from models.encoding import (
+from twinsim.models import kernels
+from twinsim.models.encoding import (
     MEMORY_COUNT_DAYS,
     MEMORY_SUM_DAYS,
     MIN_GAP_HOURS,
@@ -31,10 +31,10 @@ from models.encoding import (
     context_at,
     memory_inputs,
 )
-from models.rowwise import MIN_ROWS, rowwise
-from models.time_head import mixture_numpy
-from models.transformer import EventTransformer, KVCache
-from models.windows import decay_over, mark_happened, recency
+from twinsim.models.rowwise import MIN_ROWS, rowwise
+from twinsim.models.time_head import mixture_numpy
+from twinsim.models.transformer import EventTransformer, KVCache
+from twinsim.models.windows import decay_over, mark_happened, recency
 
 PURPOSE_ATTRIBUTES, PURPOSE_TIME, PURPOSE_TYPE, PURPOSE_AMOUNT, PURPOSE_MARKS = 1, 2, 3, 4, 10
 FULL_STEP_SHARE = 0.25  # rows stepped on the prefix they make up at least this share of (see ``_step``)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.event_log import AMOUNT, EventLog
+from twinsim.models.event_log import AMOUNT, EventLog
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 AMOUNT_QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99, 1.0)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import kernels
-from models.rowwise import rowwise
+from twinsim.models import kernels
+from twinsim.models.rowwise import rowwise
 
 HORIZON_DAYS = 8
 BINS = HORIZON_DAYS * 24

@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import dp
-from models.artifacts import check_output_dir, write_json
-from models.baseline import MarkovBaseline
-from models.encoding import SPLITS, EncodedLog, Schema, encode, fit_schema, split_of
-from models.errors import TwinsimError
-from models.event_log import EventLog
-from models.model_dir import save_atomic, write_manifest
-from models.profile import fit_profile
-from models.transformer import EventTransformer, ModelConfig
-from models.windows import RECENCY_PER_COLUMN, collate, make_windows, user_ended
+from twinsim.models import dp
+from twinsim.models.artifacts import check_output_dir, write_json
+from twinsim.models.baseline import MarkovBaseline
+from twinsim.models.encoding import SPLITS, EncodedLog, Schema, encode, fit_schema, split_of
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import EventLog
+from twinsim.models.model_dir import save_atomic, write_manifest
+from twinsim.models.profile import fit_profile
+from twinsim.models.transformer import EventTransformer, ModelConfig
+from twinsim.models.windows import RECENCY_PER_COLUMN, collate, make_windows, user_ended
 
 PARTS = ("time", "type", "marks", "amount")
 

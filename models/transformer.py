@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.encoding import CALENDAR_SIZES
-from models.time_head import TimeHead, mixture_log_prob, next_event_log_prob
-from models.windows import EVENT, NONE
+from twinsim.models.encoding import CALENDAR_SIZES
+from twinsim.models.time_head import TimeHead, mixture_log_prob, next_event_log_prob
+from twinsim.models.windows import EVENT, NONE
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The Python API, mirroring the command line: fit, sample, save, load.
 
->>> from models import TwinModel
+>>> from twinsim import TwinModel
 >>> twin = TwinModel.fit("runs/world", epochs=2)                       # doctest: +SKIP
 >>> users, events = twin.sample(1000, start="2025-01-01", days=90)     # doctest: +SKIP
 >>> twin.save("runs/model"); twin = TwinModel.load("runs/model")       # doctest: +SKIP
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.artifacts import atomic_output_dir
-from models.event_log import EventLog, load_event_log
-from models.generate import GenerateConfig, generate
-from models.model_dir import read_manifest
-from models.training import TrainConfig, train
+from twinsim.models.artifacts import atomic_output_dir
+from twinsim.models.event_log import EventLog, load_event_log
+from twinsim.models.generate import GenerateConfig, generate
+from twinsim.models.model_dir import read_manifest
+from twinsim.models.training import TrainConfig, train
 
 _MODEL_OPTIONS = ("d_model", "n_layers", "n_heads", "window", "mixture", "dropout")
 
@@ -37,7 +37,7 @@ class TwinModel:
     @classmethod
     def fit(cls, data: str | Path | EventLog, directory: str | Path | None = None, **options) -> TwinModel:
         """Train on an event log (a path or a loaded :class:`EventLog`). Options are those of
-        :class:`~models.training.TrainConfig` and the model's size (d_model, n_layers, n_heads, window)."""
+        :class:`~twinsim.models.training.TrainConfig` and the model's size (d_model, n_layers, n_heads, window)."""
         log = data if isinstance(data, EventLog) else load_event_log(data)
         model_options = {k: options.pop(k) for k in _MODEL_OPTIONS if k in options}
         directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="twinsim-model-"))

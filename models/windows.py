@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import kernels, time_head
-from models.encoding import NEVER, RECENT_DAYS, EncodedLog
+from twinsim.models import kernels, time_head
+from twinsim.models.encoding import NEVER, RECENT_DAYS, EncodedLog
 
 NONE, EVENT, CENSOR = 0, 1, 2
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.encoding import Schema
-from models.errors import TwinsimError
+from twinsim.models.encoding import Schema
+from twinsim.models.errors import TwinsimError
 
 BUILTIN = Path(__file__).parent / "builtin"
 CAMPAIGN_KEYS = {"name", "start", "end", "every_days", "reach", "event_type", "marks", "segment", "hours"}

@@ -15,13 +15,13 @@ import pandas as pd
 import simpy
 import torch
 
-from models import kernels
-from models.generate import events_frame
-from models.rollout import Events, Rollout
-from models.rowwise import MIN_ROWS
-from scenarios.scenario import Campaign
-from simulator import sink
-from simulator.population import History, as_utc
+from twinsim.models import kernels
+from twinsim.models.generate import events_frame
+from twinsim.models.rollout import Events, Rollout
+from twinsim.models.rowwise import MIN_ROWS
+from twinsim.scenarios.scenario import Campaign
+from twinsim.simulator import sink
+from twinsim.simulator.population import History, as_utc
 
 PURPOSE_CAMPAIGN = 20  # + campaign index: exposure time and reach
 DAY_S = 86400.0

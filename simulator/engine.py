@@ -30,16 +30,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.encoding import Schema
-from models.errors import OutputExistsError, TwinsimError
-from models.model_dir import load_model, read_table
-from models.profile import without_profile
-from models.rowwise import MIN_ROWS
-from models.transformer import KVCache
-from scenarios.scenario import Scenario, load_scenario
-from simulator import sink
-from simulator.cohort import DAY_S, Cohort
-from simulator.population import Population, as_utc, history_population, new_population
+from twinsim.models.encoding import Schema
+from twinsim.models.errors import OutputExistsError, TwinsimError
+from twinsim.models.model_dir import load_model, read_table
+from twinsim.models.profile import without_profile
+from twinsim.models.rowwise import MIN_ROWS
+from twinsim.models.transformer import KVCache
+from twinsim.scenarios.scenario import Scenario, load_scenario
+from twinsim.simulator import sink
+from twinsim.simulator.cohort import DAY_S, Cohort
+from twinsim.simulator.population import Population, as_utc, history_population, new_population
 
 
 @dataclass

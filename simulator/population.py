@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.encoding import Schema, encode, observation_window, static_arrays, user_rows
-from models.errors import TwinsimError
-from models.event_log import load_event_log
-from models.generate import sample_attributes
-from models.profile import is_profile, profiled
+from twinsim.models.encoding import Schema, encode, observation_window, static_arrays, user_rows
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import load_event_log
+from twinsim.models.generate import sample_attributes
+from twinsim.models.profile import is_profile, profiled
 
 
 @dataclass

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.event_log import load_event_log
-from simulator.reference_world import WorldConfig, generate_reference_world
+from twinsim.models.event_log import load_event_log
+from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
 
 
 def _reference_world(tmp_path_factory, name: str, config: WorldConfig) -> Path:
@@ -51,7 +51,7 @@ def model_dir(small_log, tmp_path_factory) -> Path:
     """A tiny transformer trained for 8 epochs on the small world. Its click rate moves with the training
     seed (real 0.096): at 3 epochs 0.06 to 0.15 for seeds 1 to 3 (session 13); with the activity profile
     (session 14) 0.124 / 0.109 / 0.099 at 5 epochs and 0.111 / 0.118 / 0.101 at 8."""
-    from models.training import TrainConfig, train
+    from twinsim.models.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model") / "m"
     train(small_log, out, model_overrides=TINY, config=TrainConfig(epochs=8, batch_size=32, seed=1))

@@ -83,7 +83,7 @@ def test_inspect_bad_input_exits_2_with_file_column_and_fix(run, tmp_path):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    from models.errors import DataContractError
+    from twinsim.models.errors import DataContractError
 
     with pytest.raises(DataContractError):
         CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "missing.csv")], catch_exceptions=False)

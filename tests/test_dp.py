@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from models.dp import PrivacyPlan, private_gradient
-from models.errors import TwinsimError
-from models.training import TrainConfig, train
-from models.validation.run import differential_privacy
+from twinsim.models.dp import PrivacyPlan, private_gradient
+from twinsim.models.errors import TwinsimError
+from twinsim.models.training import TrainConfig, train
+from twinsim.models.validation.run import differential_privacy
 
 pytest.importorskip("opacus")
 from conftest import TINY

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.errors import DataContractError
-from models.event_log import load_event_log
+from twinsim.models.errors import DataContractError
+from twinsim.models.event_log import load_event_log
 
 
 def write(frame: pd.DataFrame, path: Path) -> Path:

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import TINY
 
-from models import TwinModel
-from models.encoding import encode, fit_schema, split_of
-from models.errors import TwinsimError
-from models.event_log import load_event_log
-from models.generate import GenerateConfig, generate
-from models.model_dir import load_model
-from models.training import TrainConfig, train
-from models.windows import CENSOR, EVENT, collate, make_windows, user_ended
+from twinsim.models import TwinModel
+from twinsim.models.encoding import encode, fit_schema, split_of
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import load_event_log
+from twinsim.models.generate import GenerateConfig, generate
+from twinsim.models.model_dir import load_model
+from twinsim.models.training import TrainConfig, train
+from twinsim.models.windows import CENSOR, EVENT, collate, make_windows, user_ended
 
 
 def test_every_event_is_predicted_exactly_once_and_open_users_are_censored_once(small_log):
@@ -168,7 +168,7 @@ def test_python_api_mirrors_the_cli(small_world, tmp_path):
 
 
 def test_cached_step_by_step_pass_equals_the_training_forward_pass(model_dir, small_log):
-    from models.transformer import KVCache
+    from twinsim.models.transformer import KVCache
 
     model, schema, _ = load_model(model_dir)
     log = encode(small_log, schema)
@@ -206,7 +206,7 @@ def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(sm
 def test_a_small_model_already_reproduces_rhythms_response_rates_volume_churn_and_amounts(model_dir, small_log):
     """At test scale (400 users x 120 days, a tiny model, 8 epochs). Paydays and the life-stage chain need
     the default model and scale; benchmarks/model_fidelity.py measures all laws there."""
-    from simulator.reference_world.fidelity import law_statistics, top_coverage
+    from twinsim.simulator.reference_world.fidelity import law_statistics, top_coverage
 
     _, synthetic, _ = _generate(model_dir, users=400, days=120, seed=2)
     real, syn = law_statistics(small_log.events), law_statistics(synthetic)
@@ -224,7 +224,7 @@ def test_a_small_model_already_reproduces_rhythms_response_rates_volume_churn_an
 
 
 def test_recency_hat_channel_interpolates_days_since_between_anchors():
-    from models.windows import RECENCY_ANCHOR_DAYS, RECENCY_PER_COLUMN, recency
+    from twinsim.models.windows import RECENCY_ANCHOR_DAYS, RECENCY_PER_COLUMN, recency
     since = np.array([0.0, 3.0, 2.0, 20.0, 45.0, 364.0, 5_000.0])
     last = np.stack([-since, np.zeros_like(since)], axis=1)  # column 0 happened `since` days ago, column 1 now
     features = recency(np.zeros(len(since)), last, np.zeros_like(last), np.ones(len(since)))
@@ -240,8 +240,8 @@ def test_recency_hat_channel_interpolates_days_since_between_anchors():
 
 
 def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
-    from models import kernels
-    from models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, memory_inputs
+    from twinsim.models import kernels
+    from twinsim.models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, memory_inputs
     types = ["card_payment", "income", "login"]  # amount types: income (slot 0), card_payment (slot 1)
     slots = np.array([1, 0, -1])
     # user 0: income 1000 (day 0), card payment 50 (day 1), login (day 2), income 1100 (day 30); user 1: a login
@@ -285,8 +285,8 @@ def test_memory_channel_keeps_the_latest_amount_decayed_sums_and_slow_counts():
 def test_the_median_period_outvotes_one_odd_gap():
     """A fortnightly salary that came once after 28 days still reads as fortnightly in the median period,
     while the latest period says 28: one odd gap must not flip the customer's pay schedule."""
-    from models import kernels
-    from models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, median_period, memory_inputs
+    from twinsim.models import kernels
+    from twinsim.models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, median_period, memory_inputs
     days = np.array([0.0, 14.0, 28.0, 56.0])
     state = kernels.memory_of_log(np.zeros(4, np.int64), np.full(4, 1000.0), np.zeros(4, np.float32), days,
                                   np.array([0, 4]), np.array([0]), 1, 1, MEMORY_SUM_DAYS, MEMORY_COUNT_DAYS)
@@ -302,8 +302,8 @@ def test_the_rate_since_the_first_event_outlasts_the_decayed_count():
     """A customer who paid every day for 20 weeks and then paused for 20 weeks is still a daily payer to the
     rate since the first event, long after the 91-day decayed count has forgotten: what keeps a heavy user
     heavy through a year-long rollout."""
-    from models import kernels
-    from models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, memory_inputs
+    from twinsim.models import kernels
+    from twinsim.models.encoding import MEMORY_COUNT_DAYS, MEMORY_SUM_DAYS, memory_inputs
     days = np.concatenate([np.arange(140.0), [280.0]])
     n = len(days)
     state = kernels.memory_of_log(np.zeros(n, np.int64), np.full(n, np.nan), np.zeros(n, np.float32), days,

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.errors import TwinsimError
-from models.event_log import load_event_log
-from models.profile import PREFIX, profile_types, with_profile
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import load_event_log
+from twinsim.models.profile import PREFIX, profile_types, with_profile
 
 DAY = 86400.0
 START = pd.Timestamp("2025-01-01", tz="UTC").timestamp()
@@ -57,7 +57,7 @@ def test_the_model_learns_the_profile_and_generated_users_do_not_show_it(model_d
     attributes and leaves it out of the users table it writes."""
     import json
 
-    from models.generate import GenerateConfig, generate
+    from twinsim.models.generate import GenerateConfig, generate
 
     schema = json.loads((model_dir / "model.json").read_text())["schema"]
     assert {PREFIX + "login", PREFIX + "card_payment"} <= set(schema["numeric_attributes"])

@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from models.event_log import load_event_log
-from simulator.reference_world import WorldConfig, generate_reference_world
-from simulator.reference_world.calendar import build_calendar
+from twinsim.models.event_log import load_event_log
+from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
+from twinsim.simulator.reference_world.calendar import build_calendar
 
 
 def of_type(events: pd.DataFrame, event_type: str) -> pd.DataFrame:
@@ -172,7 +172,7 @@ def test_weekend_paydays_move_back_to_friday(day, expected):
 
 
 def test_the_pay_schedule_law_catches_a_customer_who_switches_schedule(world):
-    from simulator.reference_world.fidelity import compare_laws, law_statistics
+    from twinsim.simulator.reference_world.fidelity import compare_laws, law_statistics
 
     real = world["events"]
     assert law_statistics(real)["pay_schedule_kept_share"] == 1.0
@@ -190,7 +190,7 @@ def test_the_pay_schedule_law_catches_a_customer_who_switches_schedule(world):
 def test_the_income_count_law_catches_customers_paid_once_too_often(world):
     """A customer who moves to a payday a day or two away mid-year gets 13 monthly incomes (or 11); every
     gap still looks monthly, so only the count per customer shows it."""
-    from simulator.reference_world.fidelity import compare_laws
+    from twinsim.simulator.reference_world.fidelity import compare_laws
 
     real = world["events"]
     same = next(c for c in compare_laws(real, real) if c.law == "income_count_tvd")
@@ -206,7 +206,7 @@ def test_the_income_count_law_catches_customers_paid_once_too_often(world):
 def test_the_short_gap_law_catches_events_that_come_too_soon(world):
     """A generator that lets one card payment in five follow another within two minutes (real customers
     rarely pay twice in ten minutes) fails the share of gaps under ten minutes."""
-    from simulator.reference_world.fidelity import compare_laws
+    from twinsim.simulator.reference_world.fidelity import compare_laws
 
     real = world["events"]
     same = next(c for c in compare_laws(real, real) if c.law == "short_gap_share")

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import cli
-from models.errors import TwinsimError
-from models.event_log import load_event_log
-from models.generate import GenerateConfig, generate
-from models.model_dir import load_model
-from scenarios.scenario import load_scenario
-from simulator.engine import SimulateConfig, simulate
+from twinsim import cli
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import load_event_log
+from twinsim.models.generate import GenerateConfig, generate
+from twinsim.models.model_dir import load_model
+from twinsim.scenarios.scenario import load_scenario
+from twinsim.simulator.engine import SimulateConfig, simulate
 
 CAMPAIGN = """
 name = "test push"

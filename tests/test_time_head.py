@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models import time_head as th
+from twinsim.models import time_head as th
 
 TYPES = 3
 

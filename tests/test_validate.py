@@ -13,17 +13,17 @@ from click.testing import CliRunner
 from scipy.stats import ks_2samp
 
 from cli import main
-from models.event_log import EventLog, load_event_log
-from models.model_dir import FORMAT, FORMAT_VERSION
-from models.validation import ValidationConfig, run_validation, sabotage
-from models.validation.accuracy import tvd
-from models.validation.features import user_features
-from models.validation.fidelity import effective_size, ks_statistic
-from models.validation.privacy import closer_to_train_share, identical_share
-from models.validation.samples import Sample, Vocabulary
-from models.validation.survival import kaplan_meier
-from models.validation.utility import response_cases
-from simulator.reference_world import WorldConfig, generate_reference_world
+from twinsim.models.event_log import EventLog, load_event_log
+from twinsim.models.model_dir import FORMAT, FORMAT_VERSION
+from twinsim.models.validation import ValidationConfig, run_validation, sabotage
+from twinsim.models.validation.accuracy import tvd
+from twinsim.models.validation.features import user_features
+from twinsim.models.validation.fidelity import effective_size, ks_statistic
+from twinsim.models.validation.privacy import closer_to_train_share, identical_share
+from twinsim.models.validation.samples import Sample, Vocabulary
+from twinsim.models.validation.survival import kaplan_meier
+from twinsim.models.validation.utility import response_cases
+from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
 
 PARTS = ("train", "holdout", "holdout2")
 
@@ -276,7 +276,7 @@ def test_identical_matches_and_dcr_share_see_copies():
 def test_the_fast_weighted_auc_is_sklearns():
     from sklearn.metrics import roc_auc_score
 
-    from models.validation.utility import _weighted_auc
+    from twinsim.models.validation.utility import _weighted_auc
 
     rng = np.random.default_rng(1)
     y, p, w = rng.random(300) < 0.3, np.round(rng.random(300), 2), rng.integers(0, 3, 300)

@@ -7,6 +7,6 @@
 See docs/validation.md for every figure, its threshold and why.
 """
 
-from models.validation.run import ValidationConfig, run_model_validation, run_validation
+from twinsim.models.validation.run import ValidationConfig, run_model_validation, run_validation
 
 __all__ = ["ValidationConfig", "run_model_validation", "run_validation"]

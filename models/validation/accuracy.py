@@ -18,7 +18,7 @@ from itertools import combinations
 
 import numpy as np
 
-from models.validation.samples import Sample, Vocabulary
+from twinsim.models.validation.samples import Sample, Vocabulary
 
 DECILES = np.linspace(0.1, 0.9, 9)
 

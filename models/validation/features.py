@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.validation.samples import DAY_S, Sample, Vocabulary
+from twinsim.models.validation.samples import DAY_S, Sample, Vocabulary
 
 HOUR_BLOCKS = 6  # 4-hour blocks
 DAY_OF_MONTH_EDGES = (1, 6, 11, 16, 21, 26, 32)  # 1-5, 6-10, ..., 26-31: paydays land in different blocks

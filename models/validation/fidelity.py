@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.validation.accuracy import DECILES, tvd
-from models.validation.samples import Sample, Vocabulary
+from twinsim.models.validation.accuracy import DECILES, tvd
+from twinsim.models.validation.samples import Sample, Vocabulary
 
 CALENDAR_BINS = {"hour": 24, "weekday": 7, "day_of_month": 32}
 EVENTS_PER_USER = "events per user"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from models.validation.fidelity import MIN_TAIL_USERS
+from twinsim.models.validation.fidelity import MIN_TAIL_USERS
 
 # Fidelity margins below the holdout's accuracy (1 - TVD), chosen so that a real sample passes with room
 # and a generator that breaks the structure (columns shuffled across users: bivariate 0.73, coherence 0.82

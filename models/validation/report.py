@@ -10,7 +10,7 @@ import html
 import io
 from pathlib import Path
 
-from models.artifacts import atomic_output_dir, write_json
+from twinsim.models.artifacts import atomic_output_dir, write_json
 
 GROUPS = {
     "fidelity": "Fidelity: are the columns and their combinations distributed like the real data?",

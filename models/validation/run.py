@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from models.errors import TwinsimError
-from models.event_log import EventLog
-from models.validation import fidelity, gates, privacy, survival, utility
-from models.validation.accuracy import BinnedSample, Binning, accuracies
-from models.validation.discriminator import discriminator_auc
-from models.validation.features import standardise, user_features
-from models.validation.samples import Sample, Vocabulary, check_inputs, load_input, split_by_model
+from twinsim.models.errors import TwinsimError
+from twinsim.models.event_log import EventLog
+from twinsim.models.validation import fidelity, gates, privacy, survival, utility
+from twinsim.models.validation.accuracy import BinnedSample, Binning, accuracies
+from twinsim.models.validation.discriminator import discriminator_auc
+from twinsim.models.validation.features import standardise, user_features
+from twinsim.models.validation.samples import Sample, Vocabulary, check_inputs, load_input, split_by_model
 
 Progress = Callable[[str], None]
 FORMAT, FORMAT_VERSION = "twinsim-validation", 1
@@ -148,7 +148,7 @@ def run_validation(train: str | Path | EventLog, holdout: str | Path | EventLog,
                    names: tuple[str, str, str] = ("--train", "--holdout", "--synthetic")) -> dict:
     """Measure ``synthetic`` against ``train`` with ``holdout`` as the ceiling; return the report as a dict.
 
-    Each input is an event log (path or :class:`~models.event_log.EventLog`). ``manifest`` is the model
+    Each input is an event log (path or :class:`~twinsim.models.event_log.EventLog`). ``manifest`` is the model
     directory's model.json, for the differential-privacy line. ``report["passed"]`` is the overall verdict.
     """
     config.validate()
@@ -191,7 +191,7 @@ def run_model_validation(model_dir: str | Path, data: str | Path | EventLog, syn
                          config: ValidationConfig = ValidationConfig(), *, users: str | Path | None = None,
                          progress: Progress = lambda _stage: None) -> dict:
     """The model-directory form: train and holdout users of ``data`` come from the model's split.parquet."""
-    from models.model_dir import read_manifest  # imports torch: only this form needs it
+    from twinsim.models.model_dir import read_manifest  # imports torch: only this form needs it
 
     manifest = read_manifest(model_dir)
     progress("reading --data")

@@ -7,7 +7,7 @@
   calendar wrong.
 
 The shuffled log breaks the contract on purpose (amounts land on event types that never carry them), so
-these functions return an :class:`~models.event_log.EventLog` in memory instead of files.
+these functions return an :class:`~twinsim.models.event_log.EventLog` in memory instead of files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.event_log import EventLog
+from twinsim.models.event_log import EventLog
 
 SHIFT = pd.Timedelta(days=3, hours=5)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.encoding import detect_terminal_types
-from models.errors import DataContractError, TwinsimError
-from models.event_log import AMOUNT, EventLog, load_event_log
+from twinsim.models.encoding import detect_terminal_types
+from twinsim.models.errors import DataContractError, TwinsimError
+from twinsim.models.event_log import AMOUNT, EventLog, load_event_log
 
 MIN_USERS = 20  # below this a same-size comparison says nothing; refuse rather than report noise
 TOP_CATEGORIES = 10  # categories kept per column; the rest share one "(other)" bin

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.validation.samples import DAY_S, Sample, Vocabulary
+from twinsim.models.validation.samples import DAY_S, Sample, Vocabulary
 
 
 def durations(sample: Sample, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from models.validation.discriminator import utility_model
-from models.validation.features import attribute_features, user_features
-from models.validation.samples import DAY_S, Sample, Vocabulary
+from twinsim.models.validation.discriminator import utility_model
+from twinsim.models.validation.features import attribute_features, user_features
+from twinsim.models.validation.samples import DAY_S, Sample, Vocabulary
 
 MAX_CUTOFFS = 10  # churn: monthly cut-offs counted back from the end of the window
 MIN_HISTORY_DAYS = 60  # a cut-off needs this much history before it

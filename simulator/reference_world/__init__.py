@@ -7,6 +7,6 @@ Its behavioural laws are documented in docs/reference-world.md and parameterised
 >>> manifest = generate_reference_world(WorldConfig(users=200, days=60, seed=1), "/tmp/world")  # doctest: +SKIP
 """
 
-from simulator.reference_world.world import WorldConfig, generate_reference_world
+from twinsim.simulator.reference_world.world import WorldConfig, generate_reference_world
 
 __all__ = ["WorldConfig", "generate_reference_world"]

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from simulator.reference_world import laws
-from simulator.reference_world.calendar import Calendar
-from simulator.reference_world.population import Population
+from twinsim.simulator.reference_world import laws
+from twinsim.simulator.reference_world.calendar import Calendar
+from twinsim.simulator.reference_world.population import Population
 
 DAY = 86_400
 E = {name: i for i, name in enumerate(laws.EVENT_TYPES)}

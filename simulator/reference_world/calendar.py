@@ -7,7 +7,7 @@ from datetime import date
 
 import numpy as np
 
-from simulator.reference_world import laws
+from twinsim.simulator.reference_world import laws
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from simulator.reference_world import laws
+from twinsim.simulator.reference_world import laws
 
 
 @dataclass

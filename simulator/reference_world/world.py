@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.artifacts import atomic_output_dir, check_output_dir, write_json
-from models.errors import TwinsimError
-from simulator.reference_world import laws
-from simulator.reference_world.behaviour import simulate_chunk
-from simulator.reference_world.calendar import build_calendar
-from simulator.reference_world.population import sample_population, users_table
+from twinsim.models.artifacts import atomic_output_dir, check_output_dir, write_json
+from twinsim.models.errors import TwinsimError
+from twinsim.simulator.reference_world import laws
+from twinsim.simulator.reference_world.behaviour import simulate_chunk
+from twinsim.simulator.reference_world.calendar import build_calendar
+from twinsim.simulator.reference_world.population import sample_population, users_table
 
 # Users are simulated in chunks of this size, each from its own random stream keyed by (seed, chunk).
 # Output therefore depends on the seed and on this constant, never on the machine or on timing.
