@@ -263,7 +263,7 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
 @click.option("-n", "--users", type=int, default=None,
               help="New synthetic customers to simulate (default 1000; with --history: the log's customers).")
 @click.option("--start", default=None, callback=_parse_date,
-              help="First simulated day, YYYY-MM-DD (with --history default: the day after its last event).")
+              help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends).")
 @click.option("--days", default=30, show_default=True, help="Simulated days.")
 @click.option("--scenario", default="baseline", show_default=True,
               help="A scenario TOML file, or a built-in: baseline, travel_card_push.")
@@ -271,7 +271,11 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
 @click.option("--history-days", default=30, show_default=True,
               help="Days of history sampled for new customers before --start (written to history/).")
 @click.option("--history", "history", type=click.Path(path_type=Path), default=None,
-              help="An event log (with users table) whose customers are continued from their last event.")
+              help="An event log whose customers are continued from the end of its observation (a users table "
+                   "only if the model has attributes).")
+@click.option("--observed-until", "observed_until", default=None,
+              help="With --history: when the log's observation ended, YYYY-MM-DD[THH:MM] (default: the end of the "
+                   "day of its last event). No customer had an event between their last one and then.")
 @click.option("--cohort-size", default=16_384, show_default=True,
               help="Users simulated together; memory grows with it (about 35 KB a user).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Run directory.")
@@ -279,8 +283,8 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
 @click.option("--overwrite", is_flag=True, help="Replace --output if it holds something.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def simulate(model_dir: Path, users: int | None, start: date | None, days: int, scenario: str, seed: int,
-             history_days: int, history: Path | None, cohort_size: int, output: Path, resume: bool, overwrite: bool,
-             quiet: bool) -> None:
+             history_days: int, history: Path | None, observed_until: str | None, cohort_size: int, output: Path,
+             resume: bool, overwrite: bool, quiet: bool) -> None:
     """Simulate a population of synthetic customers living on in time, under a scenario.
 
     Events stream into OUTPUT/events/date=YYYY-MM-DD/ (Parquet, one partition per day), with users.parquet
@@ -302,7 +306,8 @@ def simulate(model_dir: Path, users: int | None, start: date | None, days: int, 
         raise TwinsimError("give either --users (new customers) or --history (continue a log's customers), not both")
     config = SimulateConfig(users=None if history else (users or 1000), start=str(start) if start else None,
                             days=days, seed=seed, scenario=scenario, history_days=history_days,
-                            history=str(history) if history else None, cohort_size=cohort_size)
+                            history=str(history) if history else None, observed_until=observed_until,
+                            cohort_size=cohort_size)
     shown = [0.0]
 
     def on_progress(p: Progress) -> None:

@@ -134,15 +134,23 @@ class Rollout:
         self.idle = np.arange(self.width - len(self.idle), self.width)
 
     # -- moves ------------------------------------------------------------------------------------------------
-    def propose(self, rows: np.ndarray | None = None) -> None:
-        """Feed each row's latest token to the model and draw its pending next event (all rows if None)."""
+    def propose(self, rows: np.ndarray | None = None, silent_until_s: float | np.ndarray | None = None) -> None:
+        """Feed each row's latest token to the model and draw its pending next event (all rows if None).
+        ``silent_until_s``: the rows are known to have had no event until then (a log's observation end),
+        so their next event is drawn given that silence (``TimeHead.sample``)."""
         with network_calls():
             if rows is None:
                 h = self.model.step(self.token, self.static, self.cache)
                 self._store(slice(None), self._draw(h, slice(None)))
                 return
+            silent_h = None
+            if silent_until_s is not None:
+                silent_h = np.maximum((np.broadcast_to(silent_until_s, rows.shape) - self.time_s[rows]) / 3600.0, 0.0)
+            n = len(rows)
             rows = self._padded(rows)
-            self._store(rows, self._draw(self._step(rows), rows))
+            if silent_h is not None:
+                silent_h = np.concatenate([silent_h, np.zeros(len(rows) - n)])
+            self._store(rows, self._draw(self._step(rows), rows, silent_h))
 
     def feed(self, rows: np.ndarray) -> None:
         """Feed each row's latest token to the model without drawing (replaying a known history)."""
@@ -249,14 +257,15 @@ class Rollout:
                 "memory": torch.from_numpy(memory_now),
                 "time_days": torch.from_numpy(((time_s - self.origin_s) / 86400.0).astype(np.float32))}
 
-    def _draw(self, h: torch.Tensor, rows) -> dict[str, np.ndarray]:
-        """The next event of ``rows`` given their hidden state ``h``. The amount's repeat component reads the
-        latest amounts from the memory input of the token just fed (the memory before this event)."""
+    def _draw(self, h: torch.Tensor, rows, silent_h: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The next event of ``rows`` given their hidden state ``h`` (and ``silent_h`` hours of known silence
+        after their latest event). The amount's repeat component reads the latest amounts from the memory
+        input of the token just fed (the memory before this event)."""
         model = self.model
         users, steps, time_s = self.user[rows], self.steps[rows], self.time_s[rows]
         memory_now = self.token["memory"][rows if isinstance(rows, slice) else torch.from_numpy(rows)]
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3 * model.time.types)
-        gap_h, log_hazard = model.time.sample(h, time_s, u, MIN_GAP_HOURS)
+        gap_h, log_hazard = model.time.sample(h, time_s, u, MIN_GAP_HOURS, silent_h)
         t_next = time_s + gap_h * 3600.0
         at = self._at(rows, t_next, gap_h)
         q = model.query(h, torch.from_numpy(at["calendar"]), torch.from_numpy(np.log(gap_h).astype(np.float32)),

@@ -134,27 +134,28 @@ class TimeHead(nn.Module):
         ``bin_``, ``log_width`` and ``frac`` come from :func:`grid_position`."""
         log_gate, mixture, log_p = parts
         mix_pdf, mix_surv = mixture_log_prob(mixture, log_gap.unsqueeze(-1))
-        inside = (bin_ >= 0).unsqueeze(-1)
-        b = bin_.clamp(min=0)[..., None, None].expand(*log_p.shape[:-1], 1)
-        log_pb = log_p.gather(-1, b).squeeze(-1)
+        inside, log_pb, grid_surv = _grid_survival(log_p, bin_, frac)
         grid_pdf = torch.where(inside, log_pb - (log_width - log_gap).unsqueeze(-1), float("-inf"))
-        later = (torch.arange(BINS) > bin_.clamp(min=0).unsqueeze(-1)).unsqueeze(-2)  # the bins after the gap's
-        surv = (log_p.exp() * later).sum(-1) + log_pb.exp() * (1 - frac).unsqueeze(-1)  # a sum: no cancellation
-        grid_surv = torch.where(inside, surv.clamp(min=1e-30).log(), float("-inf"))
         return (torch.logaddexp(log_gate[..., 0] + mix_pdf, log_gate[..., 1] + grid_pdf),
-                torch.logsumexp(torch.stack([log_gate[..., 0] + mix_surv, log_gate[..., 1] + grid_surv,
-                                             log_gate[..., 2]], -1), -1))
+                torch.logsumexp(log_gate + torch.stack([mix_surv, grid_surv, torch.zeros_like(mix_surv)], -1), -1))
 
     def log_prob(self, h, day0, hour0, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`parts_log_prob` for hidden states ``h`` in clock hour ``hour0`` of UTC day ``day0``."""
         return self.parts_log_prob(self.parts(h, day0, hour0), log_gap, bin_, log_width, frac)
 
     @torch.no_grad()
-    def sample(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float = 0.0):
+    def sample(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float = 0.0,
+               silent_h: np.ndarray | None = None):
         """(gaps in hours from ``time_s``, one per row of ``h``; every type's log hazard at that gap, (rows,
         types)). ``u`` (rows, 3 x types) holds three uniforms per type: the first picks the part, the others
         draw within it. The gap is the earliest of the types' times, and at least ``min_gap_h``; where every
-        type says never, it is ``NEVER_HOURS``: the customer does nothing more."""
+        type says never, it is ``NEVER_HOURS``: the customer does nothing more.
+
+        ``silent_h`` (rows,), where given and positive, is known silence: the log shows no event in that many
+        hours after ``time_s``. The gap is then drawn *given* that: each type's latent time from its
+        distribution truncated there (the competing times are independent, so "none before c" is "each
+        after c"), which is the survival term training scores censored customers with. Draws are exact
+        (inverse CDF of the truncated parts), not rejection: a year's silence costs what an hour's does."""
         n, k = len(time_s), self.types
         x = clock_hours(time_s)
         day0, hour0 = torch.from_numpy(utc_day(time_s)), torch.from_numpy(np.floor(x)).long()
@@ -162,22 +163,89 @@ class TimeHead(nn.Module):
         u = u.reshape(n, k, 3)
         latent = np.full((n, k), NEVER_HOURS)
         gate = parts[0].double().exp().numpy()
+        silent = np.zeros(n, dtype=bool) if silent_h is None else silent_h > 0
+        if silent.any():
+            gate[silent] = self._gate_given_silence(parts, np.flatnonzero(silent), x, silent_h)
         part = (u[..., 0] >= gate[..., 0]).astype(np.int64) + (u[..., 0] >= gate[..., 0] + gate[..., 1])
-        rows, types = np.nonzero(part == 0)
+        rows, types = np.nonzero((part == 0) & ~silent[:, None])
         if len(rows):
             params = mixture_numpy(parts[1][torch.from_numpy(rows), torch.from_numpy(types)])
             latent[rows, types] = kernels.sample_lognormal_mixture(*params, u[rows, types, 1], u[rows, types, 2])
+        rows, types = np.nonzero((part == 0) & silent[:, None])
+        if len(rows):
+            params = mixture_numpy(parts[1][torch.from_numpy(rows), torch.from_numpy(types)])
+            latent[rows, types] = truncated_lognormal_mixture(*params, np.log(silent_h[rows]), u[rows, types, 1],
+                                                              u[rows, types, 2])
         rows, types = np.nonzero(part == 1)
         if len(rows):
             probs = torch.softmax(parts[2][torch.from_numpy(rows), torch.from_numpy(types)].double(), -1).numpy()
+            begin = x[rows]  # where the grid's mass may start: after the latest event, or after the silence
+            if silent.any():
+                quiet = silent[rows]
+                begin = np.where(quiet, x[rows] + np.where(quiet, silent_h[rows], 0.0), begin)
+                probs = _grid_after(probs, begin)
             bin_ = kernels.sample_categorical(probs, u[rows, types, 1]).astype(float)
-            start = np.maximum(bin_, x[rows])
+            start = np.maximum(bin_, begin)
             latent[rows, types] = start + u[rows, types, 2] * (bin_ + 1.0 - start) - x[rows]
         gaps = np.clip(latent.min(axis=1), min_gap_h, NEVER_HOURS)
         bin_, log_width, frac = grid_position(x, gaps)
         log_pdf, log_surv = self.parts_log_prob(parts, torch.from_numpy(np.log(gaps)).float(), torch.from_numpy(bin_),
                                                 torch.from_numpy(log_width).float(), torch.from_numpy(frac).float())
         return gaps, (log_pdf - log_surv).double().numpy()
+
+
+    def _gate_given_silence(self, parts, rows: np.ndarray, x: np.ndarray, silent_h: np.ndarray) -> np.ndarray:
+        """(len(rows), types, 3) probabilities of each part of every type's latent time given that it comes
+        after ``silent_h`` hours: the gate weights times each part's survival there, renormalised."""
+        index = torch.from_numpy(rows)
+        c = silent_h[rows]
+        bin_, _, frac = grid_position(x[rows], c)
+        log_c = torch.from_numpy(np.log(c)).unsqueeze(-1)
+        _, mix_surv = mixture_log_prob(parts[1][index].double(), log_c)
+        _, _, grid_surv = _grid_survival(parts[2][index].double(), torch.from_numpy(bin_), torch.from_numpy(frac))
+        log_w = parts[0][index].double() + torch.stack([mix_surv, grid_surv, torch.zeros_like(mix_surv)], -1)
+        return torch.softmax(log_w, -1).numpy()  # "never" survives any silence, so no row is all -inf
+
+
+def _grid_survival(log_p: torch.Tensor, bin_: torch.Tensor, frac: torch.Tensor):
+    """(inside the grid?, log probability of the gap's bin, log survival of the grid part past the gap),
+    each (..., types), for grid log probabilities ``log_p`` (..., types, BINS)."""
+    inside = (bin_ >= 0).unsqueeze(-1)
+    b = bin_.clamp(min=0)[..., None, None].expand(*log_p.shape[:-1], 1)
+    log_pb = log_p.gather(-1, b).squeeze(-1)
+    later = (torch.arange(BINS) > bin_.clamp(min=0).unsqueeze(-1)).unsqueeze(-2)  # the bins after the gap's
+    surv = (log_p.exp() * later).sum(-1) + log_pb.exp() * (1 - frac).unsqueeze(-1)  # a sum: no cancellation
+    return inside, log_pb, torch.where(inside, surv.clamp(min=1e-30).log(), float("-inf"))
+
+
+def _grid_after(probs: np.ndarray, begin: np.ndarray) -> np.ndarray:
+    """Grid bin probabilities (rows, BINS) restricted to after clock position ``begin`` (hours since the
+    grid's midnight): earlier bins dropped, the bin holding ``begin`` cut to its remaining share."""
+    edges = np.arange(BINS, dtype=np.float64)
+    left = np.clip(edges[None, :] + 1.0 - begin[:, None], 0.0, 1.0)  # share of each bin after ``begin``
+    kept = probs * left
+    total = kept.sum(1, keepdims=True)
+    return np.divide(kept, total, out=np.full_like(kept, 1.0 / BINS), where=total > 0)
+
+
+def truncated_lognormal_mixture(weights, log_means, log_scales, log_c, u_component, u_value) -> np.ndarray:
+    """One draw per row from a log-normal mixture given that it exceeds ``exp(log_c)``: each component's
+    weight times its survival there picks the component, then its upper tail is inverted,
+    z = -ndtri(u * P(Z > a)), in the log domain where that tail is too thin for float64."""
+    from scipy.special import log_ndtr, ndtri
+
+    scale = np.exp(log_scales)
+    a = (log_c[:, None] - log_means) / scale
+    log_tail = log_ndtr(-a)
+    log_w = np.log(np.maximum(weights, 1e-300)) + log_tail
+    w = np.exp(log_w - log_w.max(1, keepdims=True))
+    c = kernels.sample_categorical(w / w.sum(1, keepdims=True), u_component)
+    i = np.arange(len(c))
+    a_c, tail_c = a[i, c], log_tail[i, c]
+    p = np.exp(tail_c) * u_value
+    far = p < 1e-300  # beyond float64's tail: the excess over a is exponential with rate a
+    z = np.where(far, a_c - np.log(u_value) / np.maximum(a_c, 1.0), -ndtri(np.where(far, 0.5, p)))
+    return np.maximum(np.exp(log_means[i, c] + scale[i, c] * np.maximum(z, a_c)), np.exp(log_c))
 
 
 def next_event_log_prob(log_pdf: torch.Tensor, log_surv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,9 +54,11 @@ class Cohort:
         self.written = 0
         self.total_days = int(round((run.end_s - run.begin_s) / DAY_S))
         self.stats = {"users": n, "events": 0, "history_events": 0, "exposures": 0, "ended": 0}
+        silent_until = None
         if pop.history is not None:
             self._replay(pop.history.of(members))
-        self.roll.propose(np.flatnonzero(self.active))
+            silent_until = pop.history.observed_until_s  # the log saw nothing after each user's last event
+        self.roll.propose(np.flatnonzero(self.active), silent_until)
 
     def run_to_end(self) -> dict:
         env = simpy.Environment()

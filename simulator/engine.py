@@ -50,7 +50,8 @@ class SimulateConfig:
     seed: int = 0
     scenario: str = "baseline"  # a TOML file or a built-in scenario name
     history_days: int = 30  # sampled warm-up before ``start`` for new customers (0: none)
-    history: str | None = None  # an event log whose customers are continued from their last event
+    history: str | None = None  # an event log whose customers are continued from the end of its observation
+    observed_until: str | None = None  # with ``history``: when its observation ended (default: end of its last day)
     cohort_size: int = 16384
 
     def validate(self) -> None:
@@ -58,6 +59,9 @@ class SimulateConfig:
             raise TwinsimError(f"--users must be at least 1 (got {self.users}); e.g. --users 10000")
         if self.history is None and self.start is None:
             raise TwinsimError("--start is required without --history; e.g. --start 2026-01-01")
+        if self.history is None and self.observed_until is not None:
+            raise TwinsimError("--observed-until applies to --history only: it says when the log's observation "
+                               "ended; drop it, or give --history LOG")
         if self.days < 1:
             raise TwinsimError(f"--days must be at least 1 (got {self.days}); e.g. --days 30")
         if self.history_days < 0:
@@ -111,7 +115,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     config.validate()
     model_dir, out = Path(model_dir), Path(out)
     model, schema, _ = load_model(model_dir)
-    population = (history_population(Path(config.history), schema) if config.history
+    population = (history_population(Path(config.history), schema, config.observed_until) if config.history
                   else new_population(model_dir, schema, int(config.users), config.seed))
     start = _start(config, population)
     scenario = load_scenario(config.scenario, schema, start.tz_localize(None))
@@ -129,7 +133,8 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     run = Run(model, schema, read_table(model_dir, "context"), population, scenario, config, out, begin_s,
               start_s, start_s + config.days * DAY_S,
               KVCache.empty(model.cfg, min(config.cohort_size, len(population)) + MIN_ROWS))
-    identity = {"config": asdict(config), "start": start.isoformat(), "model": str(model_dir),
+    identity = {"config": asdict(config), "start": start.isoformat(), **_history_identity(population, start),
+                "model": str(model_dir),
                 "model_sha256": _model_hash(model_dir), "scenario": scenario.to_json(),
                 "scenario_sha256": hashlib.sha256(json.dumps(scenario.to_json(), sort_keys=True).encode()).hexdigest()}
     manifest = _open_run(out, identity, resume, overwrite)
@@ -168,17 +173,30 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
 
 
 def _start(config: SimulateConfig, population: Population) -> pd.Timestamp:
+    """The first simulated second: ``--start``, or with a history the start of the day its observation ends
+    in (the next midnight if it ends at one). A continued customer is never simulated inside the observed
+    window: what the log saw there is all that happened."""
+    history = population.history
     if config.start is not None:
         start = as_utc(config.start)
     else:
-        start = pd.Timestamp(population.history.time_s.max(), unit="s", tz="UTC").normalize() + pd.Timedelta(days=1)
-    if population.history is not None and len(population.history.time_s):
-        latest = population.history.time_s.max()
-        if latest >= start.timestamp():
-            raise TwinsimError(f"--start {start.date()}: the history has events up to "
-                               f"{pd.Timestamp(latest, unit='s', tz='UTC')}; continue from after them, e.g. "
-                               f"--start {(pd.Timestamp(latest, unit='s').normalize() + pd.Timedelta(days=1)).date()}")
+        start = pd.Timestamp(history.observed_until_s, unit="s", tz="UTC").ceil("D")
+    if history is not None and start.timestamp() < history.observed_until_s:
+        until = pd.Timestamp(history.observed_until_s, unit="s", tz="UTC")
+        raise TwinsimError(f"--start {start}: the history is observed until {until} (--observed-until, default the "
+                           "end of the day of its last event), and a continued customer is not re-simulated inside "
+                           f"it; start at or after it, e.g. --start {until.ceil('D').date()}")
     return start
+
+
+def _history_identity(population: Population, start: pd.Timestamp) -> dict:
+    """For a continued log: when its observation ended, and what ``history/`` holds (only events simulated
+    between that end and ``start``, never the log's own or anything inside its window)."""
+    if population.history is None:
+        return {}
+    until = pd.Timestamp(population.history.observed_until_s, unit="s", tz="UTC")
+    return {"observed_until": until.isoformat(),
+            "history_dataset": {"holds": "simulated", "from": until.isoformat(), "to": start.isoformat()}}
 
 
 def _model_hash(model_dir: Path) -> str:

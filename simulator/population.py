@@ -6,6 +6,7 @@ user, and for a given log each user's own history (model codes, sorted by time) 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +22,21 @@ from twinsim.models.profile import is_profile, profiled
 
 @dataclass
 class History:
-    """Known events per user: flat arrays (users contiguous, sorted by time) with ``offsets``."""
+    """Known events per user: flat arrays (users contiguous, sorted by time) with ``offsets``, observed
+    until ``observed_until_s``: no user had an event between their last one and then."""
 
     offsets: np.ndarray
     time_s: np.ndarray
     type: np.ndarray
     marks: np.ndarray
     amount: np.ndarray
+    observed_until_s: float
 
     def of(self, users: np.ndarray) -> History:
         """The histories of ``users`` (indices), in that order."""
         offsets, index = user_rows(self.offsets, users)
-        return History(offsets, self.time_s[index], self.type[index], self.marks[index], self.amount[index])
+        return History(offsets, self.time_s[index], self.type[index], self.marks[index], self.amount[index],
+                       self.observed_until_s)
 
 
 @dataclass
@@ -52,23 +56,39 @@ def new_population(model_dir: Path, schema: Schema, n: int, seed: int) -> Popula
     return Population(users, *static_arrays(users, schema))
 
 
-def history_population(path: Path, schema: Schema) -> Population:
-    """The customers of the event log at ``path`` (with events), each with their own history."""
+def history_population(path: Path, schema: Schema, observed_until: pd.Timestamp | str | None = None) -> Population:
+    """The customers of the event log at ``path`` (with events), each with their own history, observed until
+    ``observed_until`` (default: the end of the day of the log's last event). A users table is needed only
+    for the attributes the model was trained with."""
     log = load_event_log(path)
-    if log.users is None:
-        needed = [*schema.categorical_attributes, *(a for a in schema.numeric_attributes if not is_profile(a))]
-        raise TwinsimError(f"--history {path}: no users table found; the model needs each customer's attributes "
-                           f"{needed}: put a "
-                           "users.parquet (user_id + attributes) beside the events")
     start, end = observation_window(log.events["timestamp"])  # the history's own: each customer's profile
-    log = profiled(log, schema, start.timestamp(), end.timestamp())
+    latest = log.events["timestamp"].max()
+    try:
+        until = end if observed_until is None else as_utc(observed_until)
+    except ValueError as exc:
+        raise TwinsimError(f"--observed-until {observed_until!r} is not a date or time ({exc}); write e.g. "
+                           "--observed-until 2025-12-31 or 2025-12-31T18:00") from None
+    if until < latest:
+        late = log.events.loc[log.events["timestamp"] > until, "user_id"]
+        raise TwinsimError(f"--observed-until {until}: {path} has events after it ({len(late)} events of "
+                           f"{late.nunique()} customers, e.g. customer {late.iloc[0]!r} at "
+                           f"{log.events.loc[late.index[0], 'timestamp']}); the log must be observed at least until "
+                           f"its last event: give --observed-until {latest.ceil('D').date()} or later, or leave it out")
+    needed = [*schema.categorical_attributes, *(a for a in schema.numeric_attributes if not is_profile(a))]
+    if log.users is None:
+        if needed:
+            raise TwinsimError(f"--history {path}: no users table found; the model needs each customer's attributes "
+                               f"{needed}: put a users.parquet (user_id + attributes) beside the events")
+        log = dataclasses.replace(log, users=pd.DataFrame({"user_id": log.events["user_id"].unique()}))
+    log = profiled(log, schema, start.timestamp(), until.timestamp())
     missing = [a for a in [*schema.categorical_attributes, *schema.numeric_attributes] if a not in log.users]
     if missing:
         raise TwinsimError(f"--history {path}: the users table lacks attribute column(s) {missing} the model was "
                            "trained with; add them (see the model's model.json, schema)")
     encoded = encode(log, schema)
     users = log.users.set_index("user_id").loc[encoded.user_ids].reset_index()
-    history = History(encoded.offsets, encoded.time_s, encoded.event_type, encoded.marks, encoded.amount)
+    history = History(encoded.offsets, encoded.time_s, encoded.event_type, encoded.marks, encoded.amount,
+                      until.timestamp())
     return Population(users, encoded.static_cat, encoded.static_num, history)
 
 

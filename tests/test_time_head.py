@@ -117,3 +117,30 @@ def test_the_grid_starts_at_the_next_clock_hour():
     grid_only, _ = head.sample(torch.zeros(len(u), 16), np.full(len(u), t0), np.c_[u[:, :3], np.ones((len(u), 3))])
     assert (grid_only >= 0.5).all() and (grid_only < 0.6).mean() > 0.0  # from 10:00 on, 10:00-10:06 included
     assert 0.3 < (gaps < 0.5).mean() < 0.7  # type 1's mixture still comes within the hour, about half the time
+
+
+def test_a_known_silence_draws_from_the_survival_past_it():
+    """Given no event in the first c hours, the gap follows S(t) / S(c) beyond c, drawn exactly (no row
+    lands before c), for a silence inside the grid's horizon and one far past it."""
+    t0 = 1.75e9 + 3600 * 22.25
+    for c in (30.0, 900.0):
+        checks = c * np.array([1.0001, 1.05, 1.5, 3.0, 10.0])
+        head, h, _, log_surv, _, _ = _head_at(t0, np.r_[c, checks])
+        u = np.random.default_rng(5).random((100_000, 3 * TYPES))
+        gaps, log_hazard = head.sample(h.expand(len(u), -1), np.full(len(u), t0), u,
+                                       silent_h=np.full(len(u), c))
+        assert (gaps > c).all() and np.isfinite(log_hazard).all()
+        empirical = (gaps[:, None] > checks[None, :]).mean(axis=0)
+        assert np.abs(empirical - np.exp(log_surv[1:] - log_surv[0])).max() < 0.01
+        # rows without silence in the same batch are drawn as ever
+        mixed = np.where(np.arange(len(u)) % 2 == 0, c, 0.0)
+        both, _ = head.sample(h.expand(len(u), -1), np.full(len(u), t0), u, silent_h=mixed)
+        plain, _ = head.sample(h.expand(len(u), -1), np.full(len(u), t0), u)
+        assert np.array_equal(both[1::2], plain[1::2]) and (both[::2] > c).all()
+
+
+def test_truncated_lognormal_mixture_far_in_a_thin_tail():
+    """A silence 40 standard deviations into a component's tail still gives a finite draw just past it."""
+    w, mu, ls = np.array([[1.0]]), np.array([[0.0]]), np.array([[-3.0]])
+    x = th.truncated_lognormal_mixture(w, mu, ls, np.array([40 * np.exp(-3.0)]), np.array([0.3]), np.array([0.5]))
+    assert np.isfinite(x).all() and np.exp(40 * np.exp(-3.0)) <= x[0] < np.exp(41 * np.exp(-3.0))
