@@ -35,6 +35,42 @@ def test_same_seed_gives_identical_output_and_another_seed_does_not(tmp_path):
         assert not a.equals(c), table
 
 
+
+def test_a_longer_world_begins_with_the_shorter_one(tmp_path):
+    """Prefix stability: a 400-day world's first 240 days are the 240-day world (events, users, context), so a
+    longer world is the ground truth of a shorter one's future. 240 days reach into the first downturn and
+    400 days into the second macro year, so both the behaviour and the macro index are covered."""
+    short, long = (WorldConfig(users=300, days=days, seed=4) for days in (240, 400))
+    for config in (short, long):
+        generate_reference_world(config, tmp_path / str(config.days))
+
+    def read(config, table):
+        return pd.read_parquet(tmp_path / str(config.days) / f"{table}.parquet")
+
+    def by_user_and_time(events):
+        return events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+    cutoff = pd.Timestamp(short.start, tz="UTC") + pd.Timedelta(days=short.days)
+    events_short, events_long = read(short, "events"), read(long, "events")
+    pd.testing.assert_frame_equal(by_user_and_time(events_short),
+                                  by_user_and_time(events_long[events_long["timestamp"] < cutoff]))
+    pd.testing.assert_frame_equal(read(short, "users"), read(long, "users"))
+    context_short, context_long = read(short, "context"), read(long, "context")
+    pd.testing.assert_frame_equal(context_short, context_long.iloc[:short.days])
+    # not trivially true: the longer world goes on, and the shared days hold a downturn
+    assert (events_long["timestamp"] >= cutoff).sum() > 0.3 * len(events_short)
+    assert len(context_long) == long.days and context_short["macro_index"].min() < 95
+
+
+def test_the_macro_index_of_a_longer_window_continues_the_shorter_one():
+    start = pd.Timestamp("2025-01-01").date()
+    longest = build_calendar(start, 3660, np.random.default_rng(2)).macro_index
+    for days in (1, 100, 365, 366, 800):
+        macro = build_calendar(start, days, np.random.default_rng(2)).macro_index
+        np.testing.assert_array_equal(macro, longest[:days])
+    # one downturn in each year counted from the window start, however long the window
+    assert all(longest[k * 365:(k + 1) * 365].min() < 90 for k in range(10))
+
 def test_all_events_lie_inside_the_window(world):
     ts = world["events"]["timestamp"]
     assert ts.min() >= pd.Timestamp("2025-01-01", tz="UTC")

@@ -2,6 +2,12 @@
 
 Every law in ``laws.py`` is applied here to all users of the chunk at once, one day at a time. Events
 are collected as integer codes and turned into an Arrow table at the end of the chunk.
+
+Prefix stability: the chunk's random stream is consumed strictly day by day, and every draw an event
+needs (its sub-second jitter included) is made on the day the event happens. What day t draws therefore
+depends only on days 0..t, never on how many days the window has after t, so the first D days of a
+longer world are exactly a D-day world. Per-user or per-day streams would give the same guarantee but
+cost the vectorisation over users; one sequential stream per chunk keeps it.
 """
 
 from __future__ import annotations
@@ -51,9 +57,14 @@ HNW = laws.SEGMENTS.index("high_net_worth")
 
 
 class EventBuffer:
-    """Collects events as arrays of codes; ``-1`` marks an empty categorical, NaN an empty amount."""
+    """Collects events as arrays of codes; ``-1`` marks an empty categorical, NaN an empty amount.
 
-    def __init__(self) -> None:
+    Each event also gets its sub-second jitter (microseconds) from ``rng`` as it is added: drawn at the end
+    of the chunk instead, it would depend on how many events the whole window has (not prefix-stable).
+    """
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
         self._parts: list[tuple[np.ndarray, ...]] = []
 
     def add(self, user, seconds, event: str, amount=None, channel=None, merchant=None, product=None) -> None:
@@ -72,11 +83,13 @@ class EventBuffer:
             codes(channel),
             codes(merchant),
             codes(product),
+            self._rng.integers(0, 1_000_000, n, dtype=np.int32),
         ))
 
     def columns(self) -> tuple[np.ndarray, ...]:
         if not self._parts:
-            return tuple(np.empty(0, dt) for dt in (np.int64, np.int64, np.int8, np.float64, np.int8, np.int8, np.int8))
+            dtypes = (np.int64, np.int64, np.int8, np.float64, np.int8, np.int8, np.int8, np.int32)
+            return tuple(np.empty(0, dt) for dt in dtypes)
         return tuple(np.concatenate(col) for col in zip(*self._parts, strict=True))
 
 
@@ -108,7 +121,7 @@ def simulate_chunk(
     n, n_products = len(pop), len(laws.PRODUCTS)
     idx = np.arange(n)
     seg = pop.segment
-    out = EventBuffer()
+    out = EventBuffer(rng)
     log_engagement = np.zeros(n)
     balance = pop.monthly_income * rng.uniform(*laws.START_BALANCE_MONTHS, n)
     overdraft_limit = laws.OVERDRAFT_LIMIT_MONTHS * pop.monthly_income
@@ -230,20 +243,19 @@ def simulate_chunk(
         if on_day is not None:
             on_day(day)
 
-    return _to_table(out, pop, cal, closed_at, rng)
+    return _to_table(out, pop, cal, closed_at)
 
 
-def _to_table(out: EventBuffer, pop: Population, cal: Calendar, closed_at: np.ndarray,
-              rng: np.random.Generator) -> pa.Table:
-    user, seconds, etype, amount, channel, merchant, product = out.columns()
+def _to_table(out: EventBuffer, pop: Population, cal: Calendar, closed_at: np.ndarray) -> pa.Table:
+    user, seconds, etype, amount, channel, merchant, product, jitter = out.columns()
     # Nothing follows account closure, and nothing spills past the end of the window (censoring).
     keep = (seconds <= closed_at[user]) & (seconds < cal.days * DAY)
     keep &= ~((seconds == closed_at[user]) & (etype != E["account_closed"]))
-    user, seconds, etype, amount, channel, merchant, product = (
-        c[keep] for c in (user, seconds, etype, amount, channel, merchant, product))
+    user, seconds, etype, amount, channel, merchant, product, jitter = (
+        c[keep] for c in (user, seconds, etype, amount, channel, merchant, product, jitter))
     # Sub-second jitter keeps two events of a user in the same second apart without reordering events
     # that are a second or more apart.
-    micros = seconds * 1_000_000 + rng.integers(0, 1_000_000, len(seconds))
+    micros = seconds * 1_000_000 + jitter
     order = np.lexsort((micros, user))
     user, micros, etype, amount, channel, merchant, product = (
         c[order] for c in (user, micros, etype, amount, channel, merchant, product))

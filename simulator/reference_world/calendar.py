@@ -46,22 +46,31 @@ def build_calendar(start: date, days: int, rng: np.random.Generator) -> Calendar
 
 
 def macro_index(days: int, rng: np.random.Generator) -> np.ndarray:
-    """A daily index around 100 with one smooth downturn placed inside the window.
+    """A daily index around 100 with one smooth downturn in each ``MACRO_CYCLE_DAYS`` block (a year).
 
-    The downturn starts between 35 % and 55 % of the window and lasts ``MACRO_DOWNTURN_DAYS`` (or a
-    quarter of a shorter window); its depth is drawn from ``MACRO_DOWNTURN_DEPTH``.
+    Each block, counted from the window start, holds one downturn that begins at a uniform
+    ``MACRO_DOWNTURN_START`` fraction of it and lasts ``MACRO_DOWNTURN_DAYS``, ``MACRO_DOWNTURN_DEPTH``
+    points deep at the trough; a window that ends before a block's downturn begins shows none of it.
+
+    Prefix-stable: ``rng`` is consumed one whole block at a time (its daily shocks, then its downturn),
+    and nothing is placed or scaled relative to ``days``, so day t's value never depends on how many days
+    follow it. A longer window therefore continues a shorter one, which is what lets a longer world be
+    the ground truth of a shorter one's future.
     """
+    cycle, length = laws.MACRO_CYCLE_DAYS, laws.MACRO_DOWNTURN_DAYS
+    blocks = -(-days // cycle)
+    shocks = np.empty(blocks * cycle)
+    dip = np.zeros(blocks * cycle + length)  # room for a downturn that runs past the last block
+    offset = np.arange(length)
+    for k in range(blocks):
+        shocks[k * cycle:(k + 1) * cycle] = rng.normal(0.0, 0.3, cycle)
+        begin = k * cycle + int(rng.uniform(*laws.MACRO_DOWNTURN_START) * cycle)
+        depth = rng.uniform(*laws.MACRO_DOWNTURN_DEPTH)
+        dip[begin + offset] += depth * 0.5 * (1 - np.cos(2 * np.pi * (offset + 0.5) / length))  # raised cosine
     noise = np.zeros(days)
-    shocks = rng.normal(0.0, 0.3, days)
-    for i in range(1, days):  # AR(1) wiggle so the index is not a flat line outside the downturn
+    for i in range(1, days):  # AR(1) wiggle so the index is not a flat line outside the downturns
         noise[i] = 0.95 * noise[i - 1] + shocks[i]
-    length = max(1, min(laws.MACRO_DOWNTURN_DAYS, days // 4))
-    begin = int(rng.uniform(0.35, 0.55) * days)
-    depth = rng.uniform(*laws.MACRO_DOWNTURN_DEPTH)
-    shape = np.zeros(days)
-    inside = np.arange(begin, min(days, begin + length))
-    shape[inside] = 0.5 * (1 - np.cos(2 * np.pi * (inside - begin + 0.5) / length))  # raised cosine
-    return 100.0 + noise - depth * shape
+    return 100.0 + noise - dip[:days]
 
 
 def _in_season(month: np.ndarray, day: np.ndarray, window) -> np.ndarray:

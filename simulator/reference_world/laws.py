@@ -172,4 +172,6 @@ CHURN_COMPETITOR = 0.9  # times a user's standard-normal competitor pull
 CHURN_MACRO_STRESS = 6.0  # times max(0, 1 - macro_index / 100)
 MACRO_SPEND_EXPONENT = 2.0  # spending scales with (macro_index / 100) ** this
 MACRO_DOWNTURN_DEPTH = (12.0, 18.0)  # index points below 100 at the trough
-MACRO_DOWNTURN_DAYS = 90  # or a quarter of a shorter window
+MACRO_DOWNTURN_DAYS = 90
+MACRO_CYCLE_DAYS = 365  # one downturn in each such block of days counted from the window start ...
+MACRO_DOWNTURN_START = (0.35, 0.55)  # ... beginning at a uniform fraction of the block

@@ -20,7 +20,9 @@ from twinsim.simulator.reference_world.calendar import build_calendar
 from twinsim.simulator.reference_world.population import sample_population, users_table
 
 # Users are simulated in chunks of this size, each from its own random stream keyed by (seed, chunk).
-# Output therefore depends on the seed and on this constant, never on the machine or on timing.
+# Output therefore depends on the seed and on this constant, never on the machine or on timing. The streams
+# are keyed without the window length and consumed day by day (behaviour.py, calendar.macro_index), so the
+# world is prefix-stable: its first D days are the same whatever longer --days it is generated with.
 CHUNK_USERS = 10_000
 MAX_DAYS = 3_660
 
