@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,64 @@ _ZONE_SUFFIX = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 def utc_seconds(timestamps: pd.Series) -> np.ndarray:
     """Epoch seconds (float64, to the microsecond) of a tz-aware timestamp column."""
-    return timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(
-        np.int64) / 1e6
+    return _utc_microseconds(timestamps) / 1e6
+
+
+def _utc_microseconds(timestamps: pd.Series) -> np.ndarray:
+    return timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+DAY_S = 86_400.0
+_DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class TimeResolution:
+    """How finely a log records time: ``"second"`` (anything finer than a day), or ``"day"`` when every
+    timestamp sits at one time of day: a log of dates (usually at midnight). Detected by
+    :func:`detect_resolution`, stored in the model's schema and kept by everything generated from it."""
+
+    unit: str = "second"
+    time_of_day_s: float = 0.0  # with "day": seconds after UTC midnight of every timestamp
+
+    @property
+    def is_day(self) -> bool:
+        return self.unit == "day"
+
+    def snap(self, time_s: np.ndarray) -> np.ndarray:
+        """With day resolution, each epoch second moved to its UTC day at the log's time of day, so output has
+        dates as the log had them; unchanged otherwise. The map never decreases, so a user's events keep
+        their order, and never leaves the UTC day, so daily partitions keep their events."""
+        if not self.is_day:
+            return time_s
+        return np.floor(time_s / DAY_S) * DAY_S + self.time_of_day_s
+
+    @property
+    def time_of_day(self) -> str:
+        """``HH:MM:SS`` UTC (with microseconds where there are any)."""
+        text = str(pd.Timedelta(seconds=self.time_of_day_s)).split(" days ")[-1]
+        return text.removesuffix(".000000")
+
+    def describe(self) -> str:
+        return f"day (dates only: every event at {self.time_of_day} UTC)" if self.is_day else "second"
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit, "time_of_day_s": self.time_of_day_s, "time_of_day": self.time_of_day,
+                "text": self.describe()}
+
+
+def detect_resolution(timestamps: pd.Series) -> TimeResolution:
+    """``day`` when every timestamp is at the same time of day (to the microsecond) and there are at least two
+    days (one day alone cannot tell dates from times); ``second`` otherwise. A log that mixes dates with a
+    few times is ``second``: the times are real information."""
+    us = _utc_microseconds(timestamps)
+    if not len(us):
+        return TimeResolution()
+    of_day = us % _DAY_US
+    if (of_day != of_day[0]).any() or np.unique(us // _DAY_US).size < 2:
+        return TimeResolution()
+    return TimeResolution("day", float(of_day[0]) / 1e6)
+
 
 @dataclass
 class EventLog:
@@ -57,6 +114,11 @@ class EventLog:
     def attributes(self) -> tuple[str, ...]:
         """Static user attributes (columns of the users table other than ``user_id``)."""
         return () if self.users is None else tuple(c for c in self.users.columns if c != "user_id")
+
+    @cached_property
+    def resolution(self) -> TimeResolution:
+        """The time resolution of the events (:func:`detect_resolution`)."""
+        return detect_resolution(self.events["timestamp"])
 
     def of_users(self, ids: set[str]) -> EventLog:
         """The events and users table rows of the users ``ids`` (same marks, amount types and files)."""

@@ -162,15 +162,19 @@ def generate(model_dir: str | Path, config: GenerateConfig,
                "events_per_second": round(len(events) / max(seconds, 1e-9)),
                "window": {"start": start.isoformat(),
                           "end_exclusive": (start + pd.Timedelta(days=config.days)).isoformat()},
-               "seed": config.seed, "where": config.where, "model": str(model_dir)}
+               "seed": config.seed, "where": config.where, "model": str(model_dir),
+               "time_resolution": schema.resolution.describe()}
     return users, events, summary
 
 
 def events_frame(raw: Events, user_ids: np.ndarray, schema: Schema) -> pd.DataFrame:
-    """Flat sampled arrays -> an events table in the contract (categoricals, UTC timestamps)."""
+    """Flat sampled arrays -> an events table in the contract (categoricals, UTC timestamps). A model of a log
+    of dates writes dates: each event at its UTC day's time of day of that log (``TimeResolution.snap``;
+    events of one day keep their sampled order)."""
+    time_s = schema.resolution.snap(raw.time_s)
     frame = pd.DataFrame({
         "user_id": user_ids[raw.user],
-        "timestamp": pd.to_datetime(np.round(raw.time_s * 1e6).astype(np.int64), unit="us", utc=True),
+        "timestamp": pd.to_datetime(np.round(time_s * 1e6).astype(np.int64), unit="us", utc=True),
         "event_type": pd.Categorical.from_codes(raw.type, categories=schema.event_types),
         "amount": raw.amount,
     })

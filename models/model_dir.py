@@ -26,7 +26,8 @@ from twinsim.models.encoding import Schema
 from twinsim.models.errors import TwinsimError
 from twinsim.models.transformer import EventTransformer, ModelConfig
 
-FORMAT, FORMAT_VERSION = "twinsim-model", 7
+# 8: the schema records the time resolution of the training log (day for a log of dates), which generation keeps
+FORMAT, FORMAT_VERSION = "twinsim-model", 8
 
 
 def library_versions() -> dict[str, str]:
@@ -81,7 +82,9 @@ def load_model(directory: str | Path) -> tuple[EventTransformer, Schema, dict]:
     except (RuntimeError, FileNotFoundError, KeyError) as exc:
         raise TwinsimError(f"cannot load the weights in {directory / 'model.pt'}: {str(exc).splitlines()[0]}; "
                            "the directory is damaged or was written by another version: retrain") from exc
-    return model.eval(), Schema.from_json(manifest["schema"]), manifest
+    schema = Schema.from_json(manifest["schema"])
+    model.time.calendar = schema.calendar  # periods outside the training window read as seen ones
+    return model.eval(), schema, manifest
 
 
 def read_table(directory: str | Path, name: str) -> pd.DataFrame | None:

@@ -29,6 +29,7 @@ def summarize(log: EventLog) -> dict[str, Any]:
         "events": len(ev),
         "date_range": {"first": first.isoformat(), "last": last.isoformat(),
                        "days": round((last - first) / pd.Timedelta(days=1), 2)},
+        "time_resolution": log.resolution.to_json(),
         "event_types": {
             str(t): {"events": int(len(g)), "share": round(len(g) / len(ev), 4), "users": int(g["user_id"].nunique())}
             for t, g in sorted(by_type, key=lambda kv: -len(kv[1]))
@@ -70,6 +71,7 @@ def format_summary(s: dict[str, Any]) -> str:
                                      "the users table"),
         f"events: {s['events']:,}",
         f"dates:  {s['date_range']['first']} .. {s['date_range']['last']} ({s['date_range']['days']:g} days)",
+        f"time resolution: {s['time_resolution']['text']}",
         "",
         f"{'event type':<18}{'events':>12}{'share':>8}{'users':>10}",
     ]

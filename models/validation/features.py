@@ -3,7 +3,8 @@
 Single events of an event log look alike across people (a login on the app at 21:00), so privacy
 distances, the discriminator and the churn model work on users: how many events of each type, how marks
 are shared out, amount quantiles per type, rhythm (gaps, hours, weekdays, days of month), tenure in the
-window, whether the user churned, and the static attributes.
+window, whether the user churned, and the static attributes. A log of dates (day resolution) has no hour of
+day, so its users get no hour shares: a classifier would read nothing else.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def user_features(sample: Sample, vocab: Vocabulary, window: tuple[float, float]
     q = _per_user_quantiles(u[gaps], np.log1p(sample.gap_h[gaps]), n, (0.1, 0.5, 0.9))
     cols["log_gap_p10"], cols["log_gap_p50"], cols["log_gap_p90"] = q.T
     cal = sample.calendar
-    for i, share in enumerate(_shares(u, cal["hour"] // (24 // HOUR_BLOCKS), HOUR_BLOCKS, n).T):
-        cols[f"hour:{i * 24 // HOUR_BLOCKS:02d}-{(i + 1) * 24 // HOUR_BLOCKS:02d}"] = share
+    if not vocab.resolution.is_day:
+        for i, share in enumerate(_shares(u, cal["hour"] // (24 // HOUR_BLOCKS), HOUR_BLOCKS, n).T):
+            cols[f"hour:{i * 24 // HOUR_BLOCKS:02d}-{(i + 1) * 24 // HOUR_BLOCKS:02d}"] = share
     for day, share in zip(WEEKDAYS, _shares(u, cal["weekday"], 7, n).T, strict=True):
         cols[f"weekday:{day}"] = share
     block = np.searchsorted(DAY_OF_MONTH_EDGES, cal["day_of_month"], side="right") - 1

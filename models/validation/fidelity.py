@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from twinsim.models.event_log import TimeResolution
 from twinsim.models.validation.accuracy import DECILES, tvd
-from twinsim.models.validation.samples import Sample, Vocabulary
+from twinsim.models.validation.samples import DAY_S, Sample, Vocabulary
 
 CALENDAR_BINS = {"hour": 24, "weekday": 7, "day_of_month": 32}
 EVENTS_PER_USER = "events per user"
@@ -179,6 +180,14 @@ def mean_over_types(values: dict[str, float]) -> float:
     """Every event type that has enough events counts the same: rare but telling types (salaries, fees)
     weigh as much as the frequent ones."""
     return float(np.mean(list(values.values()))) if values else float("nan")
+
+
+def off_time_of_day_share(sample: Sample, resolution: TimeResolution) -> float | None:
+    """With day resolution, the share of ``sample``'s events at another time of day than the training log's
+    (a generator that does not keep a log of dates shows here); None otherwise."""
+    if not resolution.is_day:
+        return None
+    return float(np.mean(np.abs(np.mod(sample.time_s, DAY_S) - resolution.time_of_day_s) > 1e-3))
 
 
 def calendar_histograms(sample: Sample) -> dict[str, list[float]]:

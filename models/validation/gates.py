@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from twinsim.models.validation.fidelity import MIN_TAIL_USERS
+from twinsim.models.validation.fidelity import MIN_EVENTS_PER_TYPE, MIN_TAIL_USERS
 
 # Fidelity margins below the holdout's accuracy (1 - TVD), chosen so that a real sample passes with room
 # and a generator that breaks the structure (columns shuffled across users: bivariate 0.73, coherence 0.82
@@ -63,6 +63,23 @@ def _accuracy(id_: str, group: str, title: str, meaning: str, fig: dict, margin:
     threshold = fig["holdout"] - margin
     return Check(id_, group, title, meaning, f">= holdout - {margin:g}", fig["synthetic"], fig["holdout"], threshold,
                  _judge(fig["synthetic"], threshold, True), items=_item_rows(items) if items else [])
+
+
+def _per_type(id_: str, group: str, title: str, meaning: str, fig: dict, margin: float, items: dict,
+              what: str) -> Check:
+    """An accuracy averaged over the event types with enough ``what`` (``MIN_EVENTS_PER_TYPE``) in the training
+    data and the sample. Not applicable where the holdout has no such type: a real sample this size says
+    nothing (a log of one-time buyers has few gaps). Failed where only the synthetic sample has none."""
+    check = _accuracy(id_, group, title, meaning, fig, margin, items)
+    if finite(fig["holdout"]) is None:
+        check.threshold, check.passed = None, None
+        check.note = (f"not applicable: no event type has {MIN_EVENTS_PER_TYPE} {what} in the training data and in "
+                      "the holdout customers compared; compare more customers")
+    elif finite(fig["synthetic"]) is None:
+        check.passed = False
+        check.note = (f"no event type has {MIN_EVENTS_PER_TYPE} {what} in the synthetic customers compared, "
+                      "though the holdout has")
+    return check
 
 
 def _item_rows(items: dict) -> list[dict]:
@@ -169,10 +186,11 @@ def sequence_checks(f: dict, n: int) -> list[Check]:
                   "Events hang together in each customer's sequence as in reality: what follows what, how many "
                   "different categories one customer uses, and how many customers use each category.",
                   f["accuracy_coherence"], COHERENCE_MARGIN, coherence),
-        _accuracy("inter_event_time", "sequence", "Time between events of a type",
+        _per_type("inter_event_time", "sequence", "Time between events of a type",
                   "The rhythm of each event type is kept: the time from one event of a type to the customer's next "
                   "of the same type (salary to salary, login to login), every type weighted equally.",
-                  f["inter_event_time"], INTER_EVENT_MARGIN, f["inter_event_time_items"]),
+                  f["inter_event_time"], INTER_EVENT_MARGIN, f["inter_event_time_items"],
+                  "gaps between events of the type"),
     ]
     epu = f["events_per_user"]
     chance = KS_CRITICAL * math.sqrt(1 / epu["users"] + 1 / epu["train_users"])
@@ -209,11 +227,21 @@ def calendar_checks(f: dict) -> list[Check]:
     words = {"hour": ("hour of day", "the daily rhythm (salaries at night, logins in the evening)"),
              "weekday": ("weekday", "the weekly rhythm (more spending on Fridays, fewer logins on Sundays)"),
              "day_of_month": ("day of month", "the monthly rhythm (paydays, fees at month end)")}
-    return [_accuracy(f"calendar_{kind}", "calendar", f"Calendar: {word}",
-                      f"Each event type keeps {rhythm}: its profile over the {word}, every type weighted equally.",
-                      f[f"calendar_{kind}"], CALENDAR_MARGIN,
-                      {k: f["calendar_items"][k][kind] for k in ("synthetic", "holdout")})
-            for kind, (word, rhythm) in words.items()]
+    checks = []
+    for kind, (word, rhythm) in words.items():
+        id_, title = f"calendar_{kind}", f"Calendar: {word}"
+        meaning = f"Each event type keeps {rhythm}: its profile over the {word}, every type weighted equally."
+        resolution = f.get("time_resolution", {})
+        if kind == "hour" and resolution.get("unit") == "day":
+            off = resolution["off_time_of_day_share"]["synthetic"]
+            checks.append(Check(id_, "calendar", title, meaning, "-", None, None, None, None,
+                                note=f"not applicable: the training data has dates only (every event at "
+                                     f"{resolution['time_of_day']} UTC), so there is no hour of day to compare; "
+                                     f"{off:.1%} of the synthetic events are at another time of day"))
+            continue
+        checks.append(_per_type(id_, "calendar", title, meaning, f[f"calendar_{kind}"], CALENDAR_MARGIN,
+                                {k: f["calendar_items"][k][kind] for k in ("synthetic", "holdout")}, "events"))
+    return checks
 
 
 def utility_checks(u: dict) -> list[Check]:

@@ -87,6 +87,9 @@ def measure(train: Sample, holdout: Sample, synthetic: Sample, synthetic_all: Sa
         f[f"calendar_{kind}"] = {k: fidelity.mean_over_types(calendar[k][kind]) for k in pair}
     f["calendar_items"] = calendar
     f["calendar_histograms"] = {k: fidelity.calendar_histograms(s) for k, s in {"train": train, **pair}.items()}
+    f["time_resolution"] = {**vocab.resolution.to_json(),
+                            "off_time_of_day_share": {k: fidelity.off_time_of_day_share(s, vocab.resolution)
+                                                      for k, s in pair.items()}}
     if vocab.terminal_types:
         f["survival"] = {**{k: survival.survival_curves(train, s, vocab) for k, s in pair.items()},
                          "train_users": train.n_users}
@@ -178,7 +181,8 @@ def run_validation(train: str | Path | EventLog, holdout: str | Path | EventLog,
         "inputs": {"train": _describe(train_log), "holdout": _describe(holdout_log),
                    "synthetic": _describe(synthetic_log)},
         "settings": {**asdict(config), "terminal": vocab.terminal_types,
-                     "response": utility.response_pair(vocab, config.response)},
+                     "response": utility.response_pair(vocab, config.response),
+                     "time_resolution": vocab.resolution.to_json()},
         "differential_privacy": differential_privacy(manifest),
         "checks": [c.to_json() for c in checks],
         "utility": figures["utility"],

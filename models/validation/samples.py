@@ -16,7 +16,7 @@ import pandas as pd
 
 from twinsim.models.encoding import detect_terminal_types
 from twinsim.models.errors import DataContractError, TwinsimError
-from twinsim.models.event_log import AMOUNT, EventLog, load_event_log
+from twinsim.models.event_log import AMOUNT, EventLog, TimeResolution, load_event_log
 
 MIN_USERS = 20  # below this a same-size comparison says nothing; refuse rather than report noise
 TOP_CATEGORIES = 10  # categories kept per column; the rest share one "(other)" bin
@@ -25,7 +25,8 @@ DAY_S = 86_400.0
 
 @dataclass
 class Vocabulary:
-    """The training log's terms: event types, mark values, amount types, terminal types, attributes."""
+    """The training log's terms: event types, mark values, amount types, terminal types, attributes, and its
+    time resolution (a log of dates has no hour of day to compare)."""
 
     event_types: list[str]
     marks: dict[str, list[str]]
@@ -33,6 +34,7 @@ class Vocabulary:
     terminal_types: list[str]
     categorical_attributes: dict[str, list[str]] = field(default_factory=dict)
     numeric_attributes: list[str] = field(default_factory=list)
+    resolution: TimeResolution = field(default_factory=TimeResolution)
 
     @property
     def terminal_codes(self) -> list[int]:
@@ -57,7 +59,7 @@ class Vocabulary:
                 categorical[name] = _top(values.astype("str").where(values.notna()))
         return cls(event_types=types, marks={m: _top(ev[m]) for m in log.marks},
                    amount_types=list(log.amount_types), terminal_types=sorted(terminal),
-                   categorical_attributes=categorical, numeric_attributes=numeric)
+                   categorical_attributes=categorical, numeric_attributes=numeric, resolution=log.resolution)
 
 
 def _top(values: pd.Series) -> list[str]:

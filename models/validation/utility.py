@@ -118,7 +118,8 @@ def response_cases(sample: Sample, vocab: Vocabulary, trigger: str, response: st
         cols[f"earlier_same:{mark}"] = np.log1p(_prior_counts(user * (len(values) + 2) + codes, t, None))
         cols[f"recent_same:{mark}"] = np.log1p(_prior_counts(user * (len(values) + 2) + codes, t, FATIGUE_DAYS * DAY_S))
     cal = sample.calendar
-    cols["hour"], cols["weekday"], cols["day_of_month"] = (cal[k][trig].astype(np.float64) for k in cal)
+    for k in ("weekday", "day_of_month") if vocab.resolution.is_day else ("hour", "weekday", "day_of_month"):
+        cols[k] = cal[k][trig].astype(np.float64)  # a log of dates has no hour to read
     cols["earlier_triggers"] = np.log1p(_prior_counts(user, t, None))
     cols["recent_triggers"] = np.log1p(_prior_counts(user, t, FATIGUE_DAYS * DAY_S))
     cols["earlier_responses"] = np.log1p(after - user_first)
