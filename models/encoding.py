@@ -17,12 +17,14 @@ import pandas as pd
 
 from twinsim.models import kernels
 from twinsim.models.errors import TwinsimError
-from twinsim.models.event_log import AMOUNT, EventLog, utc_seconds
+from twinsim.models.event_log import AMOUNT, EventLog, TimeResolution, utc_seconds
 from twinsim.models.profile import is_profile, profiled
 
 NONE = "<none>"  # index 0 of every categorical vocabulary: empty mark or missing attribute
 MIN_GAP_HOURS = 1.0 / 3600.0  # gaps are floored at one second before taking logs
 CALENDAR_SIZES = (24, 7, 32, 13, 31)  # hour, weekday, day of month, month, days to month end
+CALENDAR_NAMES = ("hour", "weekday", "day_of_month", "month", "days_to_month_end")
+CALENDAR_CYCLES = {"hour": 24, "weekday": 7, "month": 12}  # 23:00 is next to 00:00, December to January
 RECENT_DAYS = 14.0  # time scale of the decayed counts: "how much of this lately" (a salary cycle, offer fatigue)
 # The memory channel (``memory_inputs``): per amount type, the latest amount and a decayed sum of amounts
 # (what came in and went out lately: a salary stays one salary, a balance that runs low shows); per event
@@ -58,6 +60,10 @@ class Schema:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # (event type code, mark index, value code) combinations that get a recency feature of their own
     recency_pairs: list[list[int]] = field(default_factory=list)
+    # The log's time resolution (event_log.detect_resolution): "second", or "day" for a log of dates, every
+    # event at ``time_of_day_s`` seconds after UTC midnight; generated events are snapped to it (events_frame).
+    time_resolution: str = "second"
+    time_of_day_s: float = 0.0
     version: int = 2
 
     def to_json(self) -> dict:
@@ -69,6 +75,38 @@ class Schema:
         data["numeric_attributes"] = {k: tuple(v) for k, v in data["numeric_attributes"].items()}
         data["split_fractions"] = tuple(data["split_fractions"])
         return cls(**data)
+
+    @property
+    def resolution(self) -> TimeResolution:
+        return TimeResolution(self.time_resolution, self.time_of_day_s)
+
+    @cached_property
+    def calendar_seen(self) -> dict[str, list[int]]:
+        """The values of each calendar input (``CALENDAR_NAMES``) that the training window held: the only ones
+        the model learned anything for (written to model.json)."""
+        hours = np.arange(np.floor(self.window_start_s / 3600.0), np.ceil(self.window_end_s / 3600.0)) * 3600.0
+        cal = kernels.calendar(hours)
+        return {name: np.unique(cal[:, j]).tolist() for j, name in enumerate(CALENDAR_NAMES)}
+
+    @cached_property
+    def _calendar_lookup(self) -> np.ndarray:
+        """(5, 32): each calendar value -> the nearest value the window held (cyclically for the hour,
+        weekday and month), the identity for values it held."""
+        lookup = np.zeros((len(CALENDAR_NAMES), max(CALENDAR_SIZES)), dtype=np.int64)
+        for j, (name, size) in enumerate(zip(CALENDAR_NAMES, CALENDAR_SIZES, strict=True)):
+            seen, values = np.array(self.calendar_seen[name]), np.arange(size)
+            distance = np.abs(values[:, None] - seen[None, :])
+            if name in CALENDAR_CYCLES:
+                distance = np.minimum(distance, CALENDAR_CYCLES[name] - distance)
+            lookup[j, :size] = seen[distance.argmin(axis=1)]
+        return lookup
+
+    def calendar(self, time_s: np.ndarray) -> np.ndarray:
+        """``kernels.calendar`` of epoch seconds, as the model may read it: a value the training window never
+        held (January for a model trained on June to December) becomes the nearest one it held, so a period
+        the model never saw is not driven by an embedding training never moved."""
+        cal = kernels.calendar(np.ascontiguousarray(time_s, dtype=np.float64))
+        return self._calendar_lookup[np.arange(cal.shape[1]), cal]
 
     @property
     def window_start_s(self) -> float:
@@ -218,6 +256,8 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
         window_end=end.isoformat(),
         split_seed=split_seed,
         recency_pairs=recency_pairs(ev, types, marks),
+        time_resolution=log.resolution.unit,
+        time_of_day_s=log.resolution.time_of_day_s,
     )
 
 
@@ -250,8 +290,12 @@ def recency_pairs(events: pd.DataFrame, types: list[str], marks: dict[str, list[
 
 
 def detect_terminal_types(events: pd.DataFrame, min_count: int = 5) -> list[str]:
-    """Event types that occur at least ``min_count`` times and are always their user's last event."""
+    """Event types that occur at least ``min_count`` times and are always their user's last event. None when
+    every user has a single event (one purchase each): then every type is "always last", which says nothing
+    about churn, and a model told so would end every customer at their first event."""
     last = ~events["user_id"].duplicated(keep="last")
+    if last.all():
+        return []
     counts = events.groupby("event_type", observed=True).size()
     always_last = events.groupby("event_type", observed=True)["user_id"].size() == \
         events[last].groupby("event_type", observed=True).size().reindex(counts.index, fill_value=0)
@@ -400,16 +444,18 @@ def _user_rows(log: EventLog, user_ids) -> pd.DataFrame:
 
 
 def context_at(time_s: np.ndarray, context: pd.DataFrame | None, schema: Schema) -> np.ndarray:
-    """Standardised context of each time's UTC day; days the table does not cover get the mean (0)."""
+    """Standardised context of each time's UTC day. A day the table does not cover holds the value of the
+    latest day before it that it does (the first day's, before the table begins): past the end of a model's
+    table the macro index stays where it was last seen, rather than jumping to the table's mean, which would
+    read as a downturn of the table's average depth. A scenario sets other values (docs/simulate.md)."""
     out = np.zeros((len(time_s), len(schema.context_columns)), dtype=np.float32)
-    if context is None or not schema.context_columns:
+    if context is None or not schema.context_columns or not len(context):
         return out
     days = np.floor(time_s / 86400).astype(np.int64)
     table_days = context["date"].to_numpy().astype("datetime64[D]").astype(np.int64)
-    pos = np.clip(np.searchsorted(table_days, days), 0, len(table_days) - 1)
-    hit = table_days[pos] == days
+    pos = np.clip(np.searchsorted(table_days, days, side="right") - 1, 0, len(table_days) - 1)
     for j, (name, mean, std) in enumerate(zip(schema.context_columns, schema.context_mean, schema.context_std,
                                               strict=True)):
         if name in context:
-            out[hit, j] = (context[name].to_numpy()[pos[hit]] - mean) / std
+            out[:, j] = (context[name].to_numpy()[pos] - mean) / std
     return out

@@ -234,7 +234,7 @@ class Rollout:
         """What the model sees of a next event's time: calendar, context, and the recency inputs before it."""
         seen = recency((t_next - self.origin_s) / 86400.0, self.last[rows], self.recent[rows],
                        decay_over(gap_h / 24.0))
-        return {"calendar": kernels.calendar(t_next), "context": context_at(t_next, self.context, self.schema),
+        return {"calendar": self.schema.calendar(t_next), "context": context_at(t_next, self.context, self.schema),
                 "seen": seen}
 
     def _bos_tokens(self, rows: int, start_s: float | np.ndarray) -> dict[str, torch.Tensor]:
@@ -242,7 +242,7 @@ class Rollout:
         start = np.broadcast_to(np.asarray(start_s, dtype=np.float64), (rows,))
         return {"type": torch.full((rows,), self.model.bos, dtype=torch.long),
                 "marks": torch.zeros((rows, len(cfg.mark_sizes)), dtype=torch.long),
-                "calendar": torch.from_numpy(kernels.calendar(np.ascontiguousarray(start))),
+                "calendar": torch.from_numpy(self.schema.calendar(start)),
                 "cont": torch.zeros((rows, 2 + cfg.n_context)),
                 "recency": torch.from_numpy(recency(np.zeros(rows), np.full((rows, self.schema.recency_size), NEVER),
                                                     np.zeros((rows, self.schema.recency_size)), np.ones(rows))),

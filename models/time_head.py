@@ -98,13 +98,16 @@ class TimeHead(nn.Module):
         self.day = nn.Linear(d, d)
         self.day_emb = nn.ModuleList(nn.Embedding(n, d) for n in (*DAY_CALENDAR_SIZES, HORIZON_DAYS))
         self.hours = nn.Linear(d, 24 * types)
+        # epoch seconds -> calendar; loading a model puts the schema's in (Schema.calendar: days the training
+        # window never held read as the nearest it did)
+        self.calendar = kernels.calendar
 
     def day_embeddings(self, day0: torch.Tensor) -> torch.Tensor:
         """(..., HORIZON_DAYS, d): embeddings of each grid day's calendar and offset, for grids starting on
         UTC days ``day0``. The calendar is computed once per distinct day in the batch."""
         first = int(day0.min())
         span = int(day0.max()) - first + HORIZON_DAYS
-        cal = torch.from_numpy(kernels.calendar((first + np.arange(span)) * 86400.0 + 43200.0)[:, [1, 2, 4]])
+        cal = torch.from_numpy(self.calendar((first + np.arange(span)) * 86400.0 + 43200.0)[:, [1, 2, 4]])
         table = sum(emb(cal[:, i]) for i, emb in enumerate(self.day_emb[:3]))
         index = (day0 - first).unsqueeze(-1) + torch.arange(HORIZON_DAYS)
         return F.embedding(index, table) + self.day_emb[3].weight  # (an indexing backward is not deterministic)

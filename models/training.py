@@ -130,6 +130,16 @@ def _bin_quantiles(values: pd.Series, edge: float) -> list:
     return np.quantile(values, np.linspace(0, 1, BIN_VALUES), method="inverted_cdf").tolist()
 
 
+
+def seen_periods(schema: Schema, context: pd.DataFrame | None) -> dict:
+    """What model.json says the model saw: its window, the calendar values in it (others read as the nearest
+    seen one, ``Schema.calendar``) and the days of its context table (later days hold the last one's values,
+    ``encoding.context_at``)."""
+    days = None if context is None or not len(context) else [str(pd.Timestamp(context["date"].min()).date()),
+                                                            str(pd.Timestamp(context["date"].max()).date())]
+    return {"window": [schema.window_start, schema.window_end], "calendar": schema.calendar_seen,
+            "context_days": days}
+
 def train(
     log: EventLog,
     out_dir: str | Path,
@@ -262,7 +272,7 @@ def train(
         "epochs_run": len(history),
     }
     extra = {"train_config": asdict(config), "metrics": metrics, "history": history,
-             "data": [str(p) for p in log.event_files]}
+             "data": [str(p) for p in log.event_files], "seen": seen_periods(schema, log.context)}
     if privacy is not None:
         extra["privacy"] = privacy.record(privacy.steps_per_epoch * len(history), train_log.n_users)
         metrics["privacy_epsilon"] = extra["privacy"]["epsilon"]
