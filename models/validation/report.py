@@ -24,19 +24,25 @@ COLOURS = {"train": "#4c72b0", "holdout": "#55a868", "synthetic": "#c44e52"}
 
 def write_report(report: dict, output: str | Path, overwrite: bool = False) -> Path:
     """Write report.json and report.html into ``output`` (atomically); return the directory."""
+    return write_report_files(report, render_html(report), output, overwrite)
+
+
+def write_report_files(report: dict, page: str, output: str | Path, overwrite: bool = False) -> Path:
+    """Write ``report`` as report.json and ``page`` as report.html into ``output`` (atomically); return it.
+    Shared by twinsim's reports (validation, backtest)."""
     output = Path(output)
-    page = render_html(report)
     with atomic_output_dir(output, overwrite) as tmp:
         write_json(tmp / "report.json", report)
         (tmp / "report.html").write_text(page, encoding="utf-8")
     return output
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
+    """A figure as report text: 3 decimals, or thousands separators from 100 on; None as n/a."""
     if x is None:
         return "n/a"
     if isinstance(x, list):
-        return " to ".join(_fmt(v) for v in x)
+        return " to ".join(fmt(v) for v in x)
     if isinstance(x, float):
         return f"{x:.3f}" if abs(x) < 100 else f"{x:,.0f}"
     return str(x)
@@ -50,8 +56,8 @@ def format_summary(report: dict) -> str:
     """The report as lines of text for the terminal."""
     lines = [f"{'check':<24}{'synthetic':>10}{'holdout':>10}{'threshold':>11}  result"]
     for c in report["checks"]:
-        threshold = "per item" if c["threshold"] is None and c["passed"] is not None else _fmt(c["threshold"])
-        lines.append(f"{c['id']:<24}{_fmt(c['synthetic']):>10}{_fmt(c['holdout']):>10}{threshold:>11}  "
+        threshold = "per item" if c["threshold"] is None and c["passed"] is not None else fmt(c["threshold"])
+        lines.append(f"{c['id']:<24}{fmt(c['synthetic']):>10}{fmt(c['holdout']):>10}{threshold:>11}  "
                      f"{_verdict(c['passed'])}")
     groups = ", ".join(f"{g} {_verdict(ok)}" for g, ok in report["groups"].items())
     lines.append(f"{'PASSED' if report['passed'] else 'FAILED'}: {groups}; compared {report['compared_users']:,} "
@@ -61,7 +67,8 @@ def format_summary(report: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- plots
-def _png(fig) -> str:
+def png(fig) -> str:
+    """A matplotlib figure as base64 PNG, for an <img> data URL; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight", metadata={"Software": None})
     import matplotlib.pyplot as plt
@@ -91,7 +98,7 @@ def plots(report: dict) -> dict[str, str]:
     ax.set_ylim(max(0.0, min([c["synthetic"] or 0 for c in accuracy] + [0.8]) - 0.05), 1.0)
     ax.set_ylabel("accuracy (1 - TVD)")
     ax.legend(loc="lower left", fontsize=8)
-    out["accuracy"] = _png(fig)
+    out["accuracy"] = png(fig)
 
     calendar = report["curves"]["calendar"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 2.8))
@@ -102,7 +109,7 @@ def plots(report: dict) -> dict[str, str]:
             ax.plot(range(start, start + len(values)), values, label=name, color=COLOURS[name])
         ax.set_title(f"share of events by {kind.replace('_', ' ')}", fontsize=9)
     axes[0].legend(fontsize=8)
-    out["calendar"] = _png(fig)
+    out["calendar"] = png(fig)
 
     survival = report["curves"]["survival"]
     if survival:
@@ -114,7 +121,7 @@ def plots(report: dict) -> dict[str, str]:
         ax.set_xlabel("days since the customer's first event")
         ax.set_ylabel("share still a customer")
         ax.legend(fontsize=8)
-        out["survival"] = _png(fig)
+        out["survival"] = png(fig)
 
     dcr = report["curves"]["dcr"]
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -124,7 +131,7 @@ def plots(report: dict) -> dict[str, str]:
     ax.set_xlabel("distance to the closest training customer (standardised profile)")
     ax.set_ylabel("share of customers")
     ax.legend(fontsize=8)
-    out["dcr"] = _png(fig)
+    out["dcr"] = png(fig)
 
     tasks = [(t, r) for t, r in report["utility"].items() if r.get("applicable")]
     if tasks:
@@ -138,7 +145,7 @@ def plots(report: dict) -> dict[str, str]:
         ax.set_xticks([i * 3 + 0.9 for i in range(len(metrics))], [m.upper() for m in metrics])
         ax.set_ylabel("on holdout customers")
         ax.legend(fontsize=7, ncol=2)
-        out["utility"] = _png(fig)
+        out["utility"] = png(fig)
     return out
 
 
@@ -157,7 +164,8 @@ details{margin:.2em 0} summary{cursor:pointer;color:#555;font-size:.9em} img{max
 """
 
 
-def _e(x) -> str:
+def esc(x) -> str:
+    """``x`` as HTML-escaped text."""
     return html.escape(str(x))
 
 
@@ -165,10 +173,10 @@ def _items_table(items: list[dict]) -> str:
     if not items:
         return ""
     keys = [k for k in items[0] if k != "name"]
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    head = "".join(f"<th>{esc(k)}</th>" for k in keys)
     rows = "".join(
-        f"<tr><td>{_e(it['name'])}</td>"
-        + "".join(f"<td class='num'>{_e(_fmt(it[k]) if k != 'passed' else _verdict(it[k]))}</td>" for k in keys)
+        f"<tr><td>{esc(it['name'])}</td>"
+        + "".join(f"<td class='num'>{esc(fmt(it[k]) if k != 'passed' else _verdict(it[k]))}</td>" for k in keys)
         + "</tr>" for it in items)
     return (f"<details><summary>{len(items)} item(s)</summary><table><tr><th>item</th>{head}</tr>{rows}</table>"
             "</details>")
@@ -179,60 +187,67 @@ def _check_rows(checks: list[dict]) -> str:
     for c in checks:
         verdict = _verdict(c["passed"])
         css = "na" if c["passed"] is None else verdict
-        threshold = _fmt(c["threshold"]) if c["threshold"] is not None else "per item"
+        threshold = fmt(c["threshold"]) if c["threshold"] is not None else "per item"
         if c["passed"] is None:
             threshold = "-"
-        note = f"<div class='note'>{_e(c['note'])}</div>" if c["note"] else ""
+        note = f"<div class='note'>{esc(c['note'])}</div>" if c["note"] else ""
         rows.append(
-            f"<tr><td><b>{_e(c['title'])}</b><div class='meaning'>{_e(c['meaning'])}</div>{note}"
+            f"<tr><td><b>{esc(c['title'])}</b><div class='meaning'>{esc(c['meaning'])}</div>{note}"
             f"{_items_table(c['items'])}</td>"
-            f"<td class='num'>{_e(_fmt(c['synthetic']))}</td><td class='num'>{_e(_fmt(c['holdout']))}</td>"
-            f"<td class='num'>{_e(threshold)}<div class='note'>{_e(c['rule'])}</div></td>"
-            f"<td class='{css}'>{_e(verdict)}</td></tr>")
+            f"<td class='num'>{esc(fmt(c['synthetic']))}</td><td class='num'>{esc(fmt(c['holdout']))}</td>"
+            f"<td class='num'>{esc(threshold)}<div class='note'>{esc(c['rule'])}</div></td>"
+            f"<td class='{css}'>{esc(verdict)}</td></tr>")
     return ("<table><tr><th>check and what it means</th><th>synthetic</th><th>ceiling: holdout (utility: "
             "real-trained)</th>"
             "<th>threshold</th><th>result</th></tr>" + "".join(rows) + "</table>")
 
 
-def _img(images: dict[str, str], name: str, alt: str) -> str:
-    return f"<p><img alt='{_e(alt)}' src='data:image/png;base64,{images[name]}'></p>" if name in images else ""
+def img_tag(images: dict[str, str], name: str, alt: str) -> str:
+    """An <img> of the base64 PNG ``images[name]``; empty when there is none."""
+    return f"<p><img alt='{esc(alt)}' src='data:image/png;base64,{images[name]}'></p>" if name in images else ""
 
 
 def render_html(report: dict) -> str:
     images = plots(report)
     ok = report["passed"]
     inputs = "".join(
-        f"<tr><td>{_e(name)}</td><td class='num'>{v['users']:,}</td><td class='num'>{v['events']:,}</td>"
-        f"<td>{_e(', '.join(v['files']) or '(in memory)')}</td></tr>" for name, v in report["inputs"].items())
+        f"<tr><td>{esc(name)}</td><td class='num'>{v['users']:,}</td><td class='num'>{v['events']:,}</td>"
+        f"<td>{esc(', '.join(v['files']) or '(in memory)')}</td></tr>" for name, v in report["inputs"].items())
     sections = []
     for group, heading in GROUPS.items():
         checks = [c for c in report["checks"] if c["group"] == group]
         verdict = _verdict(report["groups"].get(group))
         body = _check_rows(checks)
-        body += {"fidelity": _img(images, "accuracy", "accuracy against the holdout ceiling"),
-                 "sequence": _img(images, "survival", "Kaplan-Meier churn survival"),
-                 "calendar": _img(images, "calendar", "calendar profiles"),
-                 "utility": _img(images, "utility", "utility: real- vs synthetic-trained models"),
-                 "privacy": _img(images, "dcr", "distance to the closest training customer")}[group]
-        sections.append(f"<h2>{_e(heading)} <span class='{verdict if verdict != 'n/a' else 'na'}'>{verdict}</span>"
+        body += {"fidelity": img_tag(images, "accuracy", "accuracy against the holdout ceiling"),
+                 "sequence": img_tag(images, "survival", "Kaplan-Meier churn survival"),
+                 "calendar": img_tag(images, "calendar", "calendar profiles"),
+                 "utility": img_tag(images, "utility", "utility: real- vs synthetic-trained models"),
+                 "privacy": img_tag(images, "dcr", "distance to the closest training customer")}[group]
+        sections.append(f"<h2>{esc(heading)} <span class='{verdict if verdict != 'n/a' else 'na'}'>{verdict}</span>"
                         f"</h2>{body}")
     settings = report["settings"]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>twinsim validation report</title><style>{CSS}</style></head>
-<body>
-<h1>twinsim validation report</h1>
+    return html_page("twinsim validation report", f"""\
 <div class="banner {'ok' if ok else 'bad'}"><b>{'PASSED' if ok else 'FAILED'}</b>:
-{_e(', '.join(f'{g} {_verdict(v)}' for g, v in report['groups'].items()))}</div>
+{esc(', '.join(f'{g} {_verdict(v)}' for g, v in report['groups'].items()))}</div>
 <p>Every figure compares the synthetic customers with the real <b>training</b> customers the generator learned from.
 Next to it stands the same figure for real <b>holdout</b> customers, whom the generator never saw: that is the
 ceiling, what a perfect generator would reach. Both sides use the same number of customers
 ({report['compared_users']:,}), drawn with seed {settings['seed']}. Each threshold is stated next to its figure;
 docs/validation.md explains every number.</p>
 <table><tr><th>input</th><th>customers</th><th>events</th><th>source</th></tr>{inputs}</table>
-<p><b>Differential privacy:</b> {_e(report['differential_privacy']['text'])}.
-<b>Terminal event types:</b> {_e(', '.join(settings['terminal']) or 'none')}.
-<b>Response task:</b> {_e(settings['response'] if isinstance(settings['response'], str)
+<p><b>Differential privacy:</b> {esc(report['differential_privacy']['text'])}.
+<b>Terminal event types:</b> {esc(', '.join(settings['terminal']) or 'none')}.
+<b>Response task:</b> {esc(settings['response'] if isinstance(settings['response'], str)
                           else ' -> '.join(settings['response']))}.</p>
 {''.join(sections)}
-</body></html>
+""")
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page in the reports' style: ``title`` as its title and heading, then ``body``."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{esc(title)}</h1>
+{body}</body></html>
 """
