@@ -70,6 +70,14 @@ class TimeResolution:
             return time_s
         return np.floor(time_s / DAY_S) * DAY_S + self.time_of_day_s
 
+    def nearest(self, time_s: np.ndarray) -> np.ndarray:
+        """With day resolution, each epoch second moved to the nearest instant at the log's time of day: a
+        sampled gap of 70 or 74 hours after a date is the date three days on (``snap`` would make the first
+        two). Never decreasing, so order is kept; unchanged for a log of times."""
+        if not self.is_day:
+            return time_s
+        return np.floor((time_s - self.time_of_day_s) / DAY_S + 0.5) * DAY_S + self.time_of_day_s
+
     @property
     def time_of_day(self) -> str:
         """``HH:MM:SS`` UTC (with microseconds where there are any)."""

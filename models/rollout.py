@@ -237,6 +237,17 @@ class Rollout:
         return {"calendar": self.schema.calendar(t_next), "context": context_at(t_next, self.context, self.schema),
                 "seen": seen}
 
+    def _on_dates(self, t_next: np.ndarray, time_s: np.ndarray, silent_h: np.ndarray | None) -> np.ndarray:
+        """Drawn times of a model of dates moved to the nearest date (at the log's time of day), never before
+        a known silence ends (then the first date after it) and at least a second after the latest event."""
+        resolution = self.schema.resolution
+        out = resolution.nearest(t_next)
+        if silent_h is not None:
+            bound = time_s + silent_h * 3600.0
+            first_after = resolution.nearest(bound + 0.5 * 86400.0 - 1e-6)  # the first date at or after bound
+            out = np.where(out < bound, first_after, out)
+        return np.maximum(out, time_s + MIN_GAP_HOURS * 3600.0)
+
     def _bos_tokens(self, rows: int, start_s: float | np.ndarray) -> dict[str, torch.Tensor]:
         cfg = self.model.cfg
         start = np.broadcast_to(np.asarray(start_s, dtype=np.float64), (rows,))
@@ -267,6 +278,9 @@ class Rollout:
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3 * model.time.types)
         gap_h, log_hazard = model.time.sample(h, time_s, u, MIN_GAP_HOURS, silent_h)
         t_next = time_s + gap_h * 3600.0
+        if self.schema.resolution.is_day:  # a model of dates reads dates: the next step sees what the log had
+            t_next = self._on_dates(t_next, time_s, silent_h)
+            gap_h = (t_next - time_s) / 3600.0
         at = self._at(rows, t_next, gap_h)
         q = model.query(h, torch.from_numpy(at["calendar"]), torch.from_numpy(np.log(gap_h).astype(np.float32)),
                         torch.from_numpy(at["context"]), torch.from_numpy(at["seen"]))
