@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from twinsim.models.encoding import Schema
-from twinsim.models.errors import OutputExistsError, TwinsimError
+from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import load_model, read_table
 from twinsim.models.profile import without_profile
 from twinsim.models.rowwise import MIN_ROWS
@@ -220,14 +220,8 @@ def _open_run(out: Path, identity: dict, resume: bool, overwrite: bool) -> dict:
             raise TwinsimError(f"--resume: {out} was started with a different {', '.join(differs)}; rerun with the "
                                "same options, or use a new output directory")
         return manifest
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it, or --resume to finish an "
-                                    "interrupted run")
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    sink.empty_dir(out, overwrite, "is not empty; pass --overwrite to replace it, or --resume to finish an "
+                   "interrupted run")
     manifest = {"twinsim": "simulate", **identity, "status": "running", "cohorts_done": {}}
     sink.write_json_atomic(manifest, path)
     return manifest

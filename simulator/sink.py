@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from twinsim.models.errors import OutputExistsError
 
 DATASETS = ("events", "history", "exposures")
 
@@ -38,6 +41,16 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
     os.replace(tmp, path)
+
+
+def empty_dir(out: Path, overwrite: bool, refusal: str) -> None:
+    """Make ``out`` an empty directory; one that holds something is replaced only with ``overwrite``, else
+    refused with ``refusal`` (what to do instead)."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out} {refusal}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def write_json_atomic(data: dict, path: Path) -> None:

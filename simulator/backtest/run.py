@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from twinsim.models.errors import OutputExistsError, TwinsimError
+from twinsim.models.errors import TwinsimError
 from twinsim.models.event_log import EventLog, load_event_log
 from twinsim.models.model_dir import read_manifest
 from twinsim.simulator import sink
@@ -140,12 +140,8 @@ def _open(out: Path, log_path: Path, config: BacktestConfig, overwrite: bool) ->
     path = out / "backtest.json"
     if path.exists() and json.loads(path.read_text()) == identity:
         return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out} holds something else (another backtest or other files); pass "
-                                    "--overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    sink.empty_dir(out, overwrite, "holds something else (another backtest or other files); pass --overwrite to "
+                   "replace it")
     sink.write_json_atomic(identity, path)
 
 
