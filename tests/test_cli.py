@@ -107,7 +107,7 @@ def test_train_then_generate_then_inspect_the_synthetic_data(run, tmp_path):
     made = run("generate", model, "-n", 20, "--days", 10, "--start", "2025-02-01", "-o", synthetic, "--quiet")
     assert made.exit_code == 0, made.output
     assert {p.name for p in synthetic.iterdir()} == {"users.parquet", "events.parquet", "generate.json"}
-    summary = json.loads(run("inspect", synthetic, "--json").output)
+    summary = json.loads(run("inspect", synthetic, "--json").stdout)  # warnings go to stderr
     assert summary["users_in_table"] == 20
     assert summary["date_range"]["first"] >= "2025-02-01"
 
