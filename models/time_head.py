@@ -183,10 +183,10 @@ class TimeHead(nn.Module):
         if len(rows):
             probs = torch.softmax(parts[2][torch.from_numpy(rows), torch.from_numpy(types)].double(), -1).numpy()
             begin = x[rows]  # where the grid's mass may start: after the latest event, or after the silence
-            if silent.any():
+            if silent.any():  # only the silent rows' bins change: the others draw bitwise as without silence
                 quiet = silent[rows]
-                begin = np.where(quiet, x[rows] + np.where(quiet, silent_h[rows], 0.0), begin)
-                probs = _grid_after(probs, begin)
+                begin = begin + np.where(quiet, silent_h[rows], 0.0)
+                probs[quiet] = _grid_after(probs[quiet], begin[quiet])
             bin_ = kernels.sample_categorical(probs, u[rows, types, 1]).astype(float)
             start = np.maximum(bin_, begin)
             latent[rows, types] = start + u[rows, types, 2] * (bin_ + 1.0 - start) - x[rows]
@@ -227,7 +227,7 @@ def _grid_after(probs: np.ndarray, begin: np.ndarray) -> np.ndarray:
     edges = np.arange(BINS, dtype=np.float64)
     left = np.clip(edges[None, :] + 1.0 - begin[:, None], 0.0, 1.0)  # share of each bin after ``begin``
     kept = probs * left
-    total = kept.sum(1, keepdims=True)
+    total = kept.sum(1, keepdims=True)  # 0 only past the horizon, where the grid part's weight is 0 and unused
     return np.divide(kept, total, out=np.full_like(kept, 1.0 / BINS), where=total > 0)
 
 
