@@ -259,3 +259,195 @@ def remember(state, rows, gap_days, event_type, amount, amount_z, amount_slot, n
     for r in rows:
         _remember(state[r], gap_days[r], event_type[r], amount[r], amount_z[r], amount_slot, n_amount, sum_scale,
                   count_scale)
+
+
+# ------------------------------------------------------------------------------------ the time head's draws
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@nb.njit(cache=True)
+def _log_ndtr(z):
+    """log Phi(z), accurate far into the lower tail (an asymptotic series where erfc underflows)."""
+    if z > -37.0:
+        return math.log(0.5 * math.erfc(-z / _SQRT2))
+    z2 = z * z
+    return -0.5 * z2 - math.log(-z) - _LOG_SQRT_2PI + math.log(1.0 - 1.0 / z2 + 3.0 / (z2 * z2))
+
+
+@nb.njit(cache=True)
+def _log_softmax3(a0, a1, a2, out):
+    m = max(a0, max(a1, a2))
+    s = m + math.log(math.exp(a0 - m) + math.exp(a1 - m) + math.exp(a2 - m))
+    out[0], out[1], out[2] = a0 - s, a1 - s, a2 - s
+
+
+@nb.njit(cache=True)
+def _logaddexp(a, b):
+    if a == -np.inf:
+        return b
+    if b == -np.inf:
+        return a
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+_FAST = {"nsz", "arcp", "contract", "reassoc"}  # float reassociation (vectorised sums), never inf/nan shortcuts
+
+
+@nb.njit(cache=True, fastmath=_FAST)
+def _grid_sum(grid, i, t, lo):
+    """Row ``i``'s unnormalised grid mass of type ``t`` over the bins from ``lo`` on."""
+    days = grid.shape[1]
+    s = 0.0
+    if lo >= days * 24:
+        return s
+    d0, h0 = lo // 24, lo % 24
+    for j in range(h0, 24):
+        s += grid[i, d0, t * 24 + j]
+    for d in range(d0 + 1, days):
+        for j in range(24):
+            s += grid[i, d, t * 24 + j]
+    return s
+
+
+@nb.njit(cache=True)
+def _grid_pick(grid, i, t, lo, target):
+    """The first bin from ``lo`` on where row ``i``'s cumulative grid mass of type ``t`` passes ``target``."""
+    days = grid.shape[1]
+    acc = 0.0
+    for d in range(lo // 24, days):
+        for j in range(lo % 24 if d == lo // 24 else 0, 24):
+            acc += grid[i, d, t * 24 + j]
+            if target < acc:
+                return d * 24 + j
+    return days * 24 - 1
+
+
+@nb.njit(cache=True)
+def _grid_range(grid, i, t, lo, hi):
+    """Row ``i``'s unnormalised grid mass of type ``t`` over bins ``lo`` to ``hi - 1`` (a short walk)."""
+    s = 0.0
+    for b in range(lo, hi):
+        s += grid[i, b // 24, t * 24 + b % 24]
+    return s
+
+
+@nb.njit(cache=True)
+def _mixture_log_terms(log_w, mu, log_scale, log_gap):
+    """(log density, log survival) at ``log_gap`` of a Gaussian mixture, in the log domain (the slow way,
+    for where the linear sums underflow)."""
+    m = len(log_w)
+    pdf_top, surv_top = -np.inf, -np.inf
+    for j in range(m):
+        z = (log_gap - mu[j]) / math.exp(log_scale[j])
+        pdf_top = max(pdf_top, log_w[j] - 0.5 * z * z - log_scale[j] - _LOG_SQRT_2PI)
+        surv_top = max(surv_top, log_w[j] + _log_ndtr(-z))
+    pdf, surv = 0.0, 0.0
+    for j in range(m):
+        z = (log_gap - mu[j]) / math.exp(log_scale[j])
+        pdf += math.exp(log_w[j] - 0.5 * z * z - log_scale[j] - _LOG_SQRT_2PI - pdf_top)
+        if surv_top > -np.inf:
+            surv += math.exp(log_w[j] + _log_ndtr(-z) - surv_top)
+    return pdf_top + math.log(pdf), (surv_top + math.log(surv) if surv_top > -np.inf else -np.inf)
+
+
+@nb.njit(cache=True)
+def sample_competing_times(log_gate, mixture, grid, grid_all, x, u, min_gap_h, never_h):
+    """The time head's draw for every row, fused (``TimeHead.sample`` without silence): (gaps in hours,
+    every type's log hazard at the gap, (rows, types)).
+
+    Per row and type: ``log_gate`` (rows, types, 3) log weights of the parts (log-normal mixture, grid,
+    never); ``mixture`` (rows, types, 4, K) the mixture's weights, means, log scales and scales of log(gap
+    in hours); ``grid`` (rows, days, types x 24) the grid's *unnormalised* probabilities, exp(logit), of
+    each clock hour of each grid day, and ``grid_all`` (rows, types) their sum over all bins; ``x`` (rows,)
+    the current clock hour (hours since the grid's UTC midnight: bins up to its hour are impossible); ``u``
+    (rows, types, 3) uniforms (part, then two within it). Each type's latent time is drawn by inverse CDF,
+    the gap is the earliest (``never_h`` if all say never, at least ``min_gap_h``), and each type's log
+    density of log gap and log survival at the gap give its hazard, in float64 (mixture sums in the linear
+    domain, redone in the log domain where they underflow). A part whose weight is below 2^-60 of "never"
+    cannot change a survival in float64 and is skipped there."""
+    n, k = log_gate.shape[0], log_gate.shape[1]
+    m = mixture.shape[3]
+    bins = grid.shape[1] * 24
+    gaps = np.empty(n)
+    log_hazard = np.empty((n, k))
+    total = np.empty(k)  # each type's grid mass over the bins still possible
+    log_w = np.empty(m)
+    negligible = 60.0 * math.log(2.0)
+    for i in range(n):
+        first = int(math.floor(x[i])) + 1  # the first possible bin: the next clock hour
+        earliest = never_h
+        for t in range(k):
+            gone = _grid_range(grid, i, t, 0, first)  # the hours of today up to now
+            total[t] = grid_all[i, t] - gone
+            if total[t] < 0.1 * grid_all[i, t]:  # most of the mass was before now: sum what is left, no cancellation
+                total[t] = _grid_sum(grid, i, t, first)
+            g0 = math.exp(log_gate[i, t, 0])
+            u0 = u[i, t, 0]
+            if u0 < g0:  # the log-normal mixture: a component, then a value by inverse CDF
+                acc, c = 0.0, m - 1
+                for j in range(m):
+                    acc += mixture[i, t, 0, j]
+                    if u[i, t, 1] < acc:
+                        c = j
+                        break
+                latent = math.exp(mixture[i, t, 1, c] + mixture[i, t, 3, c] * _normal_ppf(u[i, t, 2]))
+            elif u0 < g0 + math.exp(log_gate[i, t, 1]):  # the grid: a clock hour, then uniform in what is left
+                b_ = _grid_pick(grid, i, t, first, u[i, t, 1] * total[t])
+                start = max(float(b_), x[i])
+                latent = start + u[i, t, 2] * (b_ + 1.0 - start) - x[i]
+            else:
+                latent = never_h
+            earliest = min(earliest, latent)
+        gap = min(max(earliest, min_gap_h), never_h)
+        gaps[i] = gap
+        log_gap = math.log(gap)
+        y = x[i] + gap
+        b_ = int(math.floor(y))
+        inside = b_ < bins
+        log_width, frac = 0.0, 0.0
+        if inside:
+            start = max(float(b_), x[i])
+            width = b_ + 1.0 - start
+            log_width = math.log(width)
+            frac = min(max((y - start) / width, 0.0), 1.0)
+        for t in range(k):
+            lg0, lg1, lg2 = log_gate[i, t, 0], log_gate[i, t, 1], log_gate[i, t, 2]
+            need_mix_surv = lg0 > lg2 - negligible
+            pdf, surv = 0.0, 0.0  # the mixture's density of log gap and survival, linear
+            for j in range(m):
+                z = (log_gap - mixture[i, t, 1, j]) / mixture[i, t, 3, j]
+                if abs(z) < 38.0:
+                    pdf += mixture[i, t, 0, j] * math.exp(-0.5 * z * z) / mixture[i, t, 3, j]
+                if need_mix_surv:
+                    if z < -8.3:  # erfc(z / sqrt 2) is 2 to float64 precision
+                        surv += mixture[i, t, 0, j]
+                    elif z < 38.0:
+                        surv += mixture[i, t, 0, j] * 0.5 * math.erfc(z / _SQRT2)
+            mix_surv = -np.inf
+            if pdf > 1e-280 and (surv > 1e-280 or not need_mix_surv):
+                mix_pdf = math.log(pdf) - _LOG_SQRT_2PI
+                if need_mix_surv:
+                    mix_surv = math.log(surv)
+            else:
+                for j in range(m):
+                    log_w[j] = math.log(mixture[i, t, 0, j]) if mixture[i, t, 0, j] > 0.0 else -np.inf
+                mix_pdf, mix_surv = _mixture_log_terms(log_w, mixture[i, t, 1], mixture[i, t, 2], log_gap)
+            # the grid's: the gap's bin's probability spread over its width, and the mass after the gap
+            grid_pdf, grid_surv = -np.inf, -np.inf
+            if inside and total[t] > 0.0:
+                p_b = grid[i, b_ // 24, t * 24 + b_ % 24] / total[t] if b_ >= first else 0.0
+                if p_b > 0.0:
+                    grid_pdf = math.log(p_b) - log_width + log_gap
+                if lg1 > lg2 - negligible:
+                    before = _grid_range(grid, i, t, first, b_ + 1) if b_ - first < 48 else total[t]
+                    if before < 0.5 * total[t]:  # a short walk, and no cancellation in what is left
+                        later = (total[t] - before) / total[t]
+                    else:
+                        later = _grid_sum(grid, i, t, max(b_ + 1, first)) / total[t]
+                    grid_surv = math.log(max(later + p_b * (1.0 - frac), 1e-30))
+            log_pdf = _logaddexp(lg0 + mix_pdf, lg1 + grid_pdf)
+            log_surv = _logaddexp(_logaddexp(lg0 + mix_surv, lg1 + grid_surv), lg2)
+            log_hazard[i, t] = log_pdf - log_surv
+    return gaps, log_hazard

@@ -37,6 +37,8 @@ HORIZON_DAYS = 8
 BINS = HORIZON_DAYS * 24
 DAY_CALENDAR_SIZES = (7, 32, 31)  # weekday, day of month, days to month end (columns 1, 2, 4 of calendar)
 LOG_SCALE_RANGE = (-7.0, 3.0)
+GRID_LOGIT_BOUND = 80.0  # exp(+-80) is a normal float32, and 192 bins of exp(80) sum below its maximum
+FUSED_CHUNK_ROWS = 1024  # rows per fused draw: a grid is 8 days x 24 hours x types floats a row
 NEVER_HOURS = 1e6  # where a row's next event lands when every type's latent time is "never" (114 years)
 
 
@@ -158,15 +160,54 @@ class TimeHead(nn.Module):
         hours after ``time_s``. The gap is then drawn *given* that: each type's latent time from its
         distribution truncated there (the competing times are independent, so "none before c" is "each
         after c"), which is the survival term training scores censored customers with. Draws are exact
-        (inverse CDF of the truncated parts), not rejection: a year's silence costs what an hour's does."""
+        (inverse CDF of the truncated parts), not rejection: a year's silence costs what an hour's does.
+
+        Rows without silence are drawn by one fused Numba kernel over the raw network outputs
+        (``kernels.sample_competing_times``); silent rows, and every row where the grid's logits are not
+        bounded enough to exponentiate in float32, by the vectorised torch/numpy path (:meth:`_sample_parts`),
+        the same law. Each row's draw depends on that row alone."""
+        n = len(time_s)
+        u = u.reshape(n, self.types, 3)
+        silent = np.zeros(n, dtype=bool) if silent_h is None else silent_h > 0
+        fused = ~silent if self._grid_exp_is_safe() else np.zeros(n, dtype=bool)
+        if fused.all():
+            return self._sample_fused(h, time_s, u, min_gap_h)
+        if not fused.any():
+            return self._sample_parts(h, time_s, u, min_gap_h, silent, silent_h)
+        gaps, log_hazard = np.empty(n), np.empty((n, self.types))
+        index = np.flatnonzero(fused)
+        gaps[index], log_hazard[index] = self._sample_fused(h[torch.from_numpy(index)], time_s[index], u[index],
+                                                            min_gap_h)
+        index = np.flatnonzero(~fused)
+        gaps[index], log_hazard[index] = self._sample_parts(h[torch.from_numpy(index)], time_s[index], u[index],
+                                                            min_gap_h, silent[index], silent_h[index])
+        return gaps, log_hazard
+
+    def _sample_fused(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float):
+        """:meth:`sample` of rows without silence: the network's outputs, then one Numba kernel, in chunks of
+        rows whose grids stay in the core's cache (a grid is 8 days x 24 hours x types floats a row)."""
+        n = len(time_s)
+        gaps, log_hazard = np.empty(n), np.empty((n, self.types))
+        day0, x = torch.from_numpy(utc_day(time_s)), clock_hours(time_s)
+        for a in range(0, n, FUSED_CHUNK_ROWS):
+            b = min(n, a + FUSED_CHUNK_ROWS)
+            log_gate, mixture, grid = rowwise(self._raw_parts, h[a:b], day0[a:b])
+            grid_all = grid.sum(-2).unflatten(-1, (self.types, 24)).sum(-1)
+            gaps[a:b], log_hazard[a:b] = kernels.sample_competing_times(
+                log_gate.numpy(), mixture.numpy(), grid.numpy(), grid_all.numpy(), x[a:b], u[a:b], min_gap_h,
+                NEVER_HOURS)
+        return gaps, log_hazard
+
+    def _sample_parts(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float,
+                      silent: np.ndarray, silent_h: np.ndarray | None):
+        """:meth:`sample` with torch and numpy over the parts (:meth:`parts`): any rows, silent or not."""
         n, k = len(time_s), self.types
         x = clock_hours(time_s)
-        day0, hour0 = torch.from_numpy(utc_day(time_s)), torch.from_numpy(np.floor(x)).long()
+        day0 = torch.from_numpy(utc_day(time_s))
+        hour0 = torch.from_numpy(np.floor(x)).long()
         parts = rowwise(self.parts, h, day0, hour0)
-        u = u.reshape(n, k, 3)
         latent = np.full((n, k), NEVER_HOURS)
         gate = parts[0].double().exp().numpy()
-        silent = np.zeros(n, dtype=bool) if silent_h is None else silent_h > 0
         if silent.any():
             gate[silent] = self._gate_given_silence(parts, np.flatnonzero(silent), x, silent_h)
         part = (u[..., 0] >= gate[..., 0]).astype(np.int64) + (u[..., 0] >= gate[..., 0] + gate[..., 1])
@@ -196,6 +237,24 @@ class TimeHead(nn.Module):
                                                 torch.from_numpy(log_width).float(), torch.from_numpy(frac).float())
         return gaps, (log_pdf - log_surv).double().numpy()
 
+    def _raw_parts(self, h: torch.Tensor, day0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For the fused kernel (float32; it computes in float64): the log gate weights (..., types, 3) and the
+        mixture's weights, means, log scales and scales (..., types, 4, K); the grid's unnormalised probabilities exp(logit)
+        (..., HORIZON_DAYS, types x 24), in the layout the last layer writes them (no transpose, no
+        masking: the kernel skips the impossible bins). Transcendentals are vectorised here, not per row."""
+        logits, mu, log_scale = self.mixture(h).unflatten(-1, (self.types, -1)).chunk(3, dim=-1)
+        log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
+        mixture = torch.stack([torch.softmax(logits, -1), mu, log_scale, log_scale.exp()], -2)
+        e = self.day(h).unsqueeze(-2) + self.day_embeddings(day0)
+        return (F.log_softmax(self.gate(h).unflatten(-1, (self.types, 3)), -1), mixture,
+                self.hours(torch.tanh(e)).exp_())
+
+    def _grid_exp_is_safe(self) -> bool:
+        """Whether every grid logit is bounded by GRID_LOGIT_BOUND (its input is a tanh, so by the last layer's
+        absolute row sums): exp() of it then neither overflows nor underflows float32, and the kernel can
+        normalise without subtracting a maximum."""
+        bound = self.hours.weight.abs().sum(1) + self.hours.bias.abs()
+        return float(bound.max()) < GRID_LOGIT_BOUND
 
     def _gate_given_silence(self, parts, rows: np.ndarray, x: np.ndarray, silent_h: np.ndarray) -> np.ndarray:
         """(len(rows), types, 3) probabilities of each part of every type's latent time given that it comes
