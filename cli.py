@@ -218,12 +218,15 @@ def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size:
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same output.")
 @click.option("--where", multiple=True, help="Condition static attributes, e.g. --where segment=student,retiree.")
 @click.option("--batch-size", default=4096, show_default=True, help="Users sampled side by side.")
+@click.option("--workers", type=int, default=None,
+              help="Processes sampling contiguous chunks of users (default: the cores available; at most one per "
+                   "64 users). The output does not depend on it.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="Directory for users.parquet, events.parquet and generate.json.")
 @click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(model_dir: Path, users: int, start: date, days: int, seed: int, where: tuple[str, ...],
-             batch_size: int, output: Path, overwrite: bool, quiet: bool) -> None:
+             batch_size: int, workers: int | None, output: Path, overwrite: bool, quiet: bool) -> None:
     """Generate new synthetic customers and their events from a trained model.
 
     Output follows the event-log contract, so it can be fed back into inspect and train.
@@ -237,6 +240,7 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
     from twinsim.models.artifacts import atomic_output_dir, check_output_dir, write_json
     from twinsim.models.generate import GenerateConfig, parse_where
     from twinsim.models.generate import generate as sample
+    from twinsim.simulator.parallel import default_workers
 
     config = GenerateConfig(users=users, start=pd.Timestamp(start), days=days, seed=seed, where=parse_where(where),
                             batch_size=batch_size)
@@ -249,7 +253,7 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
             bar.update(done - last[0])
             last[0] = done
 
-        frame_users, events, summary = sample(model_dir, config, on_progress)
+        frame_users, events, summary = sample(model_dir, config, on_progress, workers=workers or default_workers())
     with atomic_output_dir(output, overwrite) as tmp:
         frame_users.to_parquet(tmp / "users.parquet", index=False)
         events.to_parquet(tmp / "events.parquet", index=False)
@@ -278,13 +282,20 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
                    "day of its last event). No customer had an event between their last one and then.")
 @click.option("--cohort-size", default=16_384, show_default=True,
               help="Users simulated together; memory grows with it (about 35 KB a user).")
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--workers", type=int, default=None,
+              help="Processes the cohorts run in, side by side (default: the cores available). The output does not "
+                   "depend on it; a run may be resumed with another count.")
+@click.option("--ray", "ray", default=None, metavar="ADDRESS",
+              help="Run the cohorts as Ray tasks: a cluster's address, auto (the cluster of this machine), or local "
+                   "(a new instance with --workers CPUs). Needs the ray extra and an --output every node writes to.")
+@click.option("-o", "--output", "output", required=True,
+              help="Run directory: a path, or a URI pyarrow opens (s3://bucket/run, file:///shared/run).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --output (same options).")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it holds something.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def simulate(model_dir: Path, users: int | None, start: date | None, days: int, scenario: str, seed: int,
-             history_days: int, history: Path | None, observed_until: str | None, cohort_size: int, output: Path,
-             resume: bool, overwrite: bool, quiet: bool) -> None:
+             history_days: int, history: Path | None, observed_until: str | None, cohort_size: int,
+             workers: int | None, ray: str | None, output: str, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Simulate a population of synthetic customers living on in time, under a scenario.
 
     Events stream into OUTPUT/events/date=YYYY-MM-DD/ (Parquet, one partition per day), with users.parquet
@@ -296,11 +307,13 @@ def simulate(model_dir: Path, users: int | None, start: date | None, days: int, 
       twinsim simulate runs/model --users 100000 --start 2025-06-01 --days 30 \\
           --scenario travel_card_push -o runs/sim-campaign
       twinsim simulate runs/model --history runs/world --days 30 -o runs/twins
+      twinsim simulate runs/model --users 10000000 --start 2025-06-01 --days 30 --ray auto -o s3://bucket/sim
     """
     import time
 
     from twinsim.simulator.engine import Progress, SimulateConfig
     from twinsim.simulator.engine import simulate as run
+    from twinsim.simulator.parallel import default_workers
 
     if users is not None and history is not None:
         raise TwinsimError("give either --users (new customers) or --history (continue a log's customers), not both")
@@ -319,7 +332,8 @@ def simulate(model_dir: Path, users: int | None, start: date | None, days: int, 
                    f"{p.events_per_s:,.0f} events/s  {p.alive:,} users alive  {p.fraction:.0%} done  "
                    f"ETA {p.eta_s / 60:.1f} min", err=True)
 
-    manifest = run(model_dir, config, output, resume=resume, overwrite=overwrite, on_progress=on_progress)
+    manifest = run(model_dir, config, output, resume=resume, overwrite=overwrite, on_progress=on_progress,
+                   workers=workers or default_workers(), ray=ray)
     click.echo(f"simulated {manifest['users']:,} users: {manifest['events']:,} events in {config.days} days "
                f"(+ {manifest['history_events']:,} history events, {manifest['exposures']:,} campaign exposures) "
                f"to {output} ({manifest['events_per_second_this_attempt']:,} events/s)")

@@ -25,7 +25,7 @@ from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import load_model, read_table
 from twinsim.models.profile import without_profile
 from twinsim.models.rollout import PURPOSE_ATTRIBUTES, Events, Rollout
-from twinsim.models.rowwise import MIN_ROWS
+from twinsim.models.rowwise import MIN_ROWS, one_thread
 from twinsim.models.transformer import EventTransformer
 
 
@@ -99,14 +99,16 @@ class Sampler:
 
     @torch.no_grad()
     def run(self, static_cat: np.ndarray, static_num: np.ndarray, start_s: float, end_s: float,
-            batch_size: int = 4096, on_progress: Callable[[int, int], None] | None = None) -> Events:
-        """Events of users ``0..n-1`` (``Events.user``: the user index), user-contiguous."""
+            batch_size: int = 4096, on_progress: Callable[[int, int], None] | None = None,
+            first_user: int = 0) -> Events:
+        """Events of users ``first_user..first_user+n-1`` (``Events.user``: that index, the key of the user's
+        random streams; row ``i`` of the static inputs is user ``first_user + i``), user-contiguous."""
         n = len(static_cat)
         width = max(min(batch_size, n), MIN_ROWS)  # rows beyond n pad the batch (see models/rowwise.py)
         roll = Rollout(self.model, self.schema, self.context, self.seed, width, start_s)
         static_all = self.model.static(torch.from_numpy(static_cat), torch.from_numpy(static_num))
         first = np.minimum(np.arange(width), n - 1)
-        roll.start(np.arange(width), first, static_all[torch.from_numpy(first)], start_s)
+        roll.start(np.arange(width), first_user + first, static_all[torch.from_numpy(first)], start_s)
         pending = min(width, n)
         active = np.arange(width) < n
         out: list[Events] = []
@@ -126,7 +128,7 @@ class Sampler:
                 if len(refill):
                     new_users = np.arange(pending, pending + len(refill))
                     pending += len(refill)
-                    roll.start(refill, new_users, static_all[torch.from_numpy(new_users)], start_s)
+                    roll.start(refill, first_user + new_users, static_all[torch.from_numpy(new_users)], start_s)
                 active[slots[len(refill):]] = False
                 if on_progress is not None:
                     on_progress(done_users, n)
@@ -140,10 +142,13 @@ class Sampler:
         return events.take(np.lexsort((events.time_s, events.user)))
 
 
-def generate(model_dir: str | Path, config: GenerateConfig,
-             on_progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(users, events, summary) in the event-log contract for ``config.users`` new customers."""
+def generate(model_dir: str | Path, config: GenerateConfig, on_progress: Callable[[int, int], None] | None = None,
+             workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(users, events, summary) in the event-log contract for ``config.users`` new customers, sampled in
+    ``workers`` processes (default 1: this one; contiguous chunks of users, the same bits either way)."""
     config.validate()
+    if workers is not None and workers < 1:
+        raise TwinsimError(f"--workers must be at least 1 (got {workers}); e.g. --workers 4")
     model_dir = Path(model_dir)
     model, schema, manifest = load_model(model_dir)
     users = sample_attributes(model_dir, schema, config.users, config.seed, config.where)
@@ -154,7 +159,14 @@ def generate(model_dir: str | Path, config: GenerateConfig,
     end_s = start_s + config.days * 86400.0
     sampler = Sampler(model, schema, read_table(model_dir, "context"), config.seed)
     started = time.perf_counter()
-    raw = sampler.run(static_cat, static_num, start_s, end_s, config.batch_size, on_progress)
+    if (workers or 1) > 1 and config.users >= 2 * MIN_ROWS:
+        from twinsim.simulator.parallel import sample_in_workers
+
+        raw = sample_in_workers(model_dir, config.seed, static_cat, static_num, start_s, end_s, config.batch_size,
+                                workers, on_progress)
+    else:
+        with one_thread():  # as in every worker: the thread count changes the last bits (models/rowwise.py)
+            raw = sampler.run(static_cat, static_num, start_s, end_s, config.batch_size, on_progress)
     seconds = time.perf_counter() - started
     events = events_frame(raw, users["user_id"].to_numpy(), schema)
     users = without_profile(users)
@@ -162,7 +174,7 @@ def generate(model_dir: str | Path, config: GenerateConfig,
                "events_per_second": round(len(events) / max(seconds, 1e-9)),
                "window": {"start": start.isoformat(),
                           "end_exclusive": (start + pd.Timedelta(days=config.days)).isoformat()},
-               "seed": config.seed, "where": config.where, "model": str(model_dir),
+               "seed": config.seed, "where": config.where, "model": str(model_dir), "workers": workers or 1,
                "time_resolution": schema.resolution.describe()}
     return users, events, summary
 

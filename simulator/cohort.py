@@ -4,11 +4,16 @@ The stepper runs the cohort ahead to the next time a scenario process acts (``en
 ``AHEAD_DAYS`` at a time: it commits every user's events due before that horizon, in rounds (each round
 commits the next event of every user still due and draws their following one), then writes the days
 that are complete.
+
+:func:`run_cohort` runs one cohort from what a worker holds (the run's :class:`RunSpec`, its loaded model and the
+cohort's slice of the population); every execution strategy (``simulator/parallel.py``) calls it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -16,48 +21,96 @@ import simpy
 import torch
 
 from twinsim.models import kernels
+from twinsim.models.encoding import Schema
 from twinsim.models.generate import events_frame
 from twinsim.models.rollout import Events, Rollout
-from twinsim.models.rowwise import MIN_ROWS
-from twinsim.scenarios.scenario import Campaign
-from twinsim.simulator import sink
-from twinsim.simulator.population import History, as_utc
+from twinsim.models.rowwise import MIN_ROWS, one_thread
+from twinsim.models.transformer import EventTransformer, KVCache
+from twinsim.scenarios.scenario import Campaign, Scenario
+from twinsim.simulator.population import History, Population, as_utc
+from twinsim.simulator.sink import Output, part_name
 
 PURPOSE_CAMPAIGN = 20  # + campaign index: exposure time and reach
 DAY_S = 86400.0
 AHEAD_DAYS = 7  # the stepper runs at most this far ahead before writing (memory: a cohort's week of events)
 
 
-class Cohort:
-    """The users ``members`` (population indices) of ``run``, from their histories' start to the run's end."""
+Report = Callable[[pd.Timestamp, int, int, float], None]  # (day, events so far, users alive, share of the cohort)
 
-    def __init__(self, run, cohort: int, members: np.ndarray,
-                 report: Callable[[pd.Timestamp, int, int, float], None]) -> None:
-        self.run, self.cohort, self.report = run, cohort, report
-        pop, n = run.population, len(members)
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every cohort of a run shares, resolved once by the parent: small and picklable, it travels to
+    worker processes and Ray tasks."""
+
+    model_dir: str
+    model_sha256: str  # the key under which a worker keeps the model it loaded
+    seed: int
+    scenario: Scenario
+    out: Output
+    begin_s: float  # where users' histories begin (sampled warm-up or the given log)
+    start_s: float  # the first simulated second
+    end_s: float
+    cache_rows: int  # rows of the key-value cache: the largest cohort + MIN_ROWS
+
+
+@dataclass
+class Loaded:
+    """A model as a process holds it; ``cache``: one key-value cache for every cohort the process runs
+    (allocating it is not free; what earlier users left in it is never attended to)."""
+
+    model: EventTransformer
+    schema: Schema
+    context: pd.DataFrame | None
+    cache: KVCache | None = None
+
+    def kv_cache(self, rows: int) -> KVCache:
+        if self.cache is None or self.cache.count.shape[0] != rows:
+            self.cache = KVCache.empty(self.model.cfg, rows)
+        return self.cache
+
+
+def run_cohort(spec: RunSpec, loaded: Loaded, k: int, members: np.ndarray, part: Population,
+               report: Report | None = None) -> dict:
+    """Simulate cohort ``k``, the users ``members`` (population indices, the keys of their random streams)
+    whose attributes and histories are ``part``, into ``spec.out``; returns its counts and seconds."""
+    started = time.perf_counter()
+    with one_thread():
+        stats = Cohort(spec, loaded, k, members, part, report or (lambda *_: None)).run_to_end()
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    return stats
+
+
+class Cohort:
+    """The users ``members`` (population indices; ``part``: their rows of the population) of the run ``spec``,
+    from their histories' start to the run's end."""
+
+    def __init__(self, spec: RunSpec, loaded: Loaded, cohort: int, members: np.ndarray, part: Population,
+                 report: Report) -> None:
+        self.run, self.schema, self.cohort, self.report = spec, loaded.schema, cohort, report
+        n = len(members)
         self.n = n
-        self.roll = Rollout(run.model, run.schema, run.context, run.config.seed, n, run.begin_s, idle=MIN_ROWS,
-                            cache=run.cache)
+        self.roll = Rollout(loaded.model, loaded.schema, loaded.context, spec.seed, n, spec.begin_s, idle=MIN_ROWS,
+                            cache=loaded.kv_cache(spec.cache_rows))
         with torch.no_grad():
-            static = run.model.static(torch.from_numpy(pop.static_cat[members]),
-                                      torch.from_numpy(pop.static_num[members]))
-        self.roll.start(np.arange(n), members, static, run.begin_s)
+            static = loaded.model.static(torch.from_numpy(part.static_cat), torch.from_numpy(part.static_num))
+        self.roll.start(np.arange(n), members, static, spec.begin_s)
         # per row: population index (the key of the user's random streams), user id, alive, campaign state
         self.members = members
-        self.user_ids = pop.users["user_id"].to_numpy()[members]
+        self.user_ids = part.users["user_id"].to_numpy()
         self.active = np.ones(n, dtype=bool)
-        self.campaigns = run.scenario.campaigns
-        self.in_segment = np.array([_segment(c, pop.users.iloc[members]) for c in self.campaigns]).reshape(-1, n)
+        self.campaigns = spec.scenario.campaigns
+        self.in_segment = np.array([_segment(c, part.users) for c in self.campaigns]).reshape(-1, n)
         self.push = np.full((len(self.campaigns), n), np.inf)  # each campaign's next exposure time per row
         self.exposures: list[tuple[np.ndarray, np.ndarray, int]] = []
         self.buffers: dict[int, list[Events]] = {}  # day number -> events committed in it, until written
         self.written = 0
-        self.total_days = int(round((run.end_s - run.begin_s) / DAY_S))
+        self.total_days = int(round((spec.end_s - spec.begin_s) / DAY_S))
         self.stats = {"users": n, "events": 0, "history_events": 0, "exposures": 0, "ended": 0}
         silent_until = None
-        if pop.history is not None:
-            self._replay(pop.history.of(members))
-            silent_until = pop.history.observed_until_s  # the log saw nothing after each user's last event
+        if part.history is not None:
+            self._replay(part.history)
+            silent_until = part.history.observed_until_s  # the log saw nothing after each user's last event
         self.roll.propose(np.flatnonzero(self.active), silent_until)
 
     def run_to_end(self) -> dict:
@@ -87,7 +140,7 @@ class Cohort:
             day_s = as_utc(day).timestamp()
             yield env.timeout((day_s - self.run.begin_s) / DAY_S - env.now)
             rows = np.flatnonzero(self.in_segment[j] & self.active)
-            u = kernels.uniforms(self.run.config.seed, self.members[rows], np.full(len(rows), int(day_s // DAY_S)),
+            u = kernels.uniforms(self.run.seed, self.members[rows], np.full(len(rows), int(day_s // DAY_S)),
                                  PURPOSE_CAMPAIGN + j, 2)
             hit = u[:, 1] < c.reach
             self.push[j, rows[hit]] = day_s + (c.hours[0] + (c.hours[1] - c.hours[0]) * u[hit, 0]) * 3600.0
@@ -108,7 +161,7 @@ class Cohort:
                 for j, c in enumerate(self.campaigns):
                     hit = pushed[which == j]
                     if len(hit):
-                        _impose(roll, self.run.schema, c, hit, push[j, hit])
+                        _impose(roll, self.schema, c, hit, push[j, hit])
                         self.exposures.append((hit, push[j, hit].copy(), j))
                         push[j, hit] = np.inf
             events = roll.commit(rows)
@@ -140,14 +193,14 @@ class Cohort:
     def _write_days(self, until: int) -> None:
         run = self.run
         for d in range(self.written, until):
-            events = Events.concat(self.buffers.pop(d, []), len(run.schema.marks))
+            events = Events.concat(self.buffers.pop(d, []), len(self.schema.marks))
             day_start = run.begin_s + d * DAY_S
             dataset = "events" if day_start >= run.start_s else "history"
             self.stats["events" if dataset == "events" else "history_events"] += len(events)
             day = pd.Timestamp(day_start, unit="s")
             if len(events):
                 events = events.take(np.lexsort((events.time_s, events.user)))
-                sink.write_day(run.out, dataset, day, self.cohort, events_frame(events, self.user_ids, run.schema))
+                run.out.write_day(dataset, day, self.cohort, events_frame(events, self.user_ids, self.schema))
             self.report(day.tz_localize("UTC"), self.stats["events"] + self.stats["history_events"],
                         int(self.active.sum()), (d + 1) / self.total_days)
         self.written = until
@@ -159,12 +212,12 @@ class Cohort:
         at = np.concatenate([e[1] for e in self.exposures])
         names = [c.name for c in self.campaigns]
         order = np.lexsort((at, rows))
-        sink.write_atomic(pd.DataFrame({
+        self.run.out.write_parquet(pd.DataFrame({
             "user_id": self.user_ids[rows[order]],
             "timestamp": pd.to_datetime(np.round(at[order] * 1e6).astype(np.int64), unit="us", utc=True),
             "campaign": pd.Categorical.from_codes(np.concatenate([[e[2]] * len(e[0]) for e in self.exposures])[order],
                                                   categories=names)}),
-            self.run.out / "exposures" / sink.part_name(self.cohort))
+            "exposures", part_name(self.cohort))
         self.stats["exposures"] = len(rows)
 
 

@@ -1,8 +1,11 @@
 """The simulation engine: a population of synthetic customers living on in SimPy time.
 
-The population is split into cohorts of ``cohort_size`` users, simulated one after the other, so memory
-holds one cohort's model state (about 35 KB a user) whatever the population size or the number of days.
-Within a cohort a SimPy environment keeps time in days (``simulator/cohort.py``):
+The population is split into cohorts of ``cohort_size`` users, so memory holds one cohort's model state
+(about 35 KB a user) per process whatever the population size or the number of days. Cohorts are
+independent: they run one after the other in this process, or side by side in worker processes or Ray
+tasks (``simulator/parallel.py``), and the parent records each in the manifest as it finishes, so an
+interrupted run resumes with any number of workers. Within a cohort a SimPy environment keeps time in
+days (``simulator/cohort.py``):
 
 * the **population stepper** runs the cohort ahead to the next time a scenario process acts (at most a
   week): it commits, in batches (``models.rollout``), every event due before that horizon and draws each
@@ -11,10 +14,10 @@ Within a cohort a SimPy environment keeps time in days (``simulator/cohort.py``)
   an exposure for the users of its segment it reaches; the stepper imposes it at its time, replacing the
   user's pending draw, and the model draws what the user does next given it.
 
-Every draw comes from the user's own random streams (seed, user, event number, purpose) and every network
-call is padded to the same row count, so a user's events depend neither on the cohort size nor on the
-other users: two runs that differ only by scenario are identical for users the scenario never touches and
-for everyone before it first acts.
+Every draw comes from the user's own random streams (seed, user, event number, purpose), every network
+call is padded to the same row count and runs on one torch thread, so a user's events depend neither on
+the cohort size, nor on the other users, nor on where the cohort runs: two runs that differ only by
+scenario are identical for users the scenario never touches and for everyone before it first acts.
 """
 
 from __future__ import annotations
@@ -23,22 +26,20 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from twinsim.models.encoding import Schema
 from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import load_model, read_table
 from twinsim.models.profile import without_profile
 from twinsim.models.rowwise import MIN_ROWS
-from twinsim.models.transformer import KVCache
-from twinsim.scenarios.scenario import Scenario, load_scenario
-from twinsim.simulator import sink
-from twinsim.simulator.cohort import DAY_S, Cohort
+from twinsim.scenarios.scenario import load_scenario
+from twinsim.simulator import parallel, sink
+from twinsim.simulator.cohort import DAY_S, Loaded, RunSpec
 from twinsim.simulator.population import Population, as_utc, history_population, new_population
 
 
@@ -92,28 +93,20 @@ class Progress:
         return self.elapsed_s * (1.0 - self.fraction) / max(self.fraction, 1e-9)
 
 
-@dataclass
-class Run:
-    """Everything a cohort needs, resolved once per run."""
-
-    model: torch.nn.Module
-    schema: Schema
-    context: pd.DataFrame | None
-    population: Population
-    scenario: Scenario
-    config: SimulateConfig
-    out: Path
-    begin_s: float  # where users' histories begin (sampled warm-up or the given log)
-    start_s: float  # the first simulated second
-    end_s: float
-    cache: KVCache | None = None  # one key-value cache for every cohort (allocating it is not free)
-
-
 def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, resume: bool = False,
-             overwrite: bool = False, on_progress: Callable[[Progress], None] | None = None) -> dict:
-    """Simulate ``config`` with the model in ``model_dir`` into run directory ``out``; returns the manifest."""
+             overwrite: bool = False, on_progress: Callable[[Progress], None] | None = None,
+             workers: int | None = None, ray: str | None = None) -> dict:
+    """Simulate ``config`` with the model in ``model_dir`` into run directory ``out`` (a path, or a URI pyarrow
+    opens: ``s3://bucket/run``); returns the manifest. The cohorts run in ``workers`` processes (default 1:
+    this one), or with ``ray`` (an address, ``auto``, or ``local``: a new instance of ``workers`` CPUs, default
+    every core) as Ray tasks (``parallel.py``); the output is the same bits either way."""
     config.validate()
-    model_dir, out = Path(model_dir), Path(out)
+    if workers is not None and workers < 1:
+        raise TwinsimError(f"--workers must be at least 1 (got {workers}); e.g. --workers 4")
+    if ray is not None:
+        parallel.require_ray()
+    output = sink.Output(out)
+    model_dir = Path(model_dir)
     model, schema, _ = load_model(model_dir)
     population = (history_population(Path(config.history), schema, config.observed_until) if config.history
                   else new_population(model_dir, schema, int(config.users), config.seed))
@@ -130,45 +123,53 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
         begin_s = min(first.timestamp(), start_s)
     else:
         begin_s = start_s - config.history_days * DAY_S
-    run = Run(model, schema, read_table(model_dir, "context"), population, scenario, config, out, begin_s,
-              start_s, start_s + config.days * DAY_S,
-              KVCache.empty(model.cfg, min(config.cohort_size, len(population)) + MIN_ROWS))
+    model_sha256 = _model_hash(model_dir)
+    spec = RunSpec(str(model_dir), model_sha256, config.seed, scenario, output, begin_s, start_s,
+                   start_s + config.days * DAY_S, min(config.cohort_size, len(population)) + MIN_ROWS)
     identity = {"config": asdict(config), "start": start.isoformat(), **_history_identity(population, start),
                 "model": str(model_dir),
-                "model_sha256": _model_hash(model_dir), "scenario": scenario.to_json(),
+                "model_sha256": model_sha256, "scenario": scenario.to_json(),
                 "scenario_sha256": hashlib.sha256(json.dumps(scenario.to_json(), sort_keys=True).encode()).hexdigest()}
-    manifest = _open_run(out, identity, resume, overwrite)
-    if not (out / "users.parquet").exists():
-        sink.write_atomic(without_profile(population.users), out / "users.parquet")
+    manifest = _open_run(output, identity, resume, overwrite)
+    if ray is not None and workers is None:
+        workers = parallel.default_workers()  # the CPUs of a --ray local instance
+    # how this attempt ran: information only, not the run's identity (any count resumes to the same bits)
+    manifest["execution"] = {"workers": (workers or 1) if ray in (None, "local") else None, "ray": ray,
+                             "torch_threads": 1}
+    if not output.exists("users.parquet"):
+        output.write_parquet(without_profile(population.users), "users.parquet")
     cohorts = [np.arange(i, min(i + config.cohort_size, len(population)))
                for i in range(0, len(population), config.cohort_size)]
     done = {int(k): v for k, v in manifest["cohorts_done"].items()}
+    todo = [(k, members) for k, members in enumerate(cohorts) if k not in done]
+    for k, _ in todo:
+        output.remove_cohort(k)  # whatever an interrupted attempt left
     started, sampled = time.perf_counter(), 0  # events sampled by this attempt, in finished cohorts
-    for k, members in enumerate(cohorts):
-        if k in done:
-            continue
-        sink.remove_cohort(out, k)  # whatever an interrupted attempt left
-        t0 = time.perf_counter()
+    running: dict[int, tuple[int, float]] = {}  # cohort -> (events so far, share done), as last reported
 
-        def report(date: pd.Timestamp, events: int, alive: int, fraction_of_cohort: float, k=k,
-                   before=sampled) -> None:
-            if on_progress is not None:
-                finished = sum(len(cohorts[j]) for j in done) + fraction_of_cohort * len(cohorts[k])
-                on_progress(Progress(k, len(cohorts), date, before + events, alive,
-                                     time.perf_counter() - started, finished / len(population)))
+    def report(k: int, date: pd.Timestamp, events: int, alive: int, fraction_of_cohort: float) -> None:
+        if on_progress is None or k in done:  # (a worker's last day may come after its result)
+            return
+        running[k] = (events, fraction_of_cohort)
+        finished = sum(len(cohorts[j]) for j in done) + sum(f * len(cohorts[j]) for j, (_, f) in running.items())
+        on_progress(Progress(k, len(cohorts), date, sampled + sum(e for e, _ in running.values()), alive,
+                             time.perf_counter() - started, finished / len(population)))
 
-        done[k] = Cohort(run, k, members, report).run_to_end()
-        done[k]["seconds"] = round(time.perf_counter() - t0, 3)
-        sampled += done[k]["events"] + done[k]["history_events"]
-        manifest["cohorts_done"] = {str(j): v for j, v in sorted(done.items())}
-        sink.write_json_atomic(manifest, out / "manifest.json")
+    loaded = Loaded(model, schema, read_table(model_dir, "context"))  # the in-process strategy's model
+    with closing(parallel.run_cohorts(spec, population, todo, loaded, report, workers or 1, ray)) as results:
+        for k, stats in results:
+            done[k] = stats
+            running.pop(k, None)
+            sampled += stats["events"] + stats["history_events"]
+            manifest["cohorts_done"] = {str(j): v for j, v in sorted(done.items())}
+            output.write_json(manifest, "manifest.json")
     totals = {key: int(sum(v[key] for v in done.values())) for key in ("events", "history_events", "exposures",
                                                                        "ended")}
     seconds = time.perf_counter() - started
     manifest.update(status="complete", users=len(population), cohorts=len(cohorts), **totals,
                     seconds_this_attempt=round(seconds, 3),
                     events_per_second_this_attempt=round(sampled / max(seconds, 1e-9)))
-    sink.write_json_atomic(manifest, out / "manifest.json")
+    output.write_json(manifest, "manifest.json")
     return manifest
 
 
@@ -206,13 +207,12 @@ def _model_hash(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _open_run(out: Path, identity: dict, resume: bool, overwrite: bool) -> dict:
+def _open_run(out: sink.Output, identity: dict, resume: bool, overwrite: bool) -> dict:
     """The run's manifest: a new one, or with ``resume`` the interrupted run's (which must match)."""
-    path = out / "manifest.json"
     if resume:
-        if not path.exists():
+        if not out.exists("manifest.json"):
             raise TwinsimError(f"--resume: {out} holds no run to resume (no manifest.json); start it without --resume")
-        manifest = json.loads(path.read_text())
+        manifest = out.read_json("manifest.json")
         differs = [k for k in identity if k != "model"  # the path may be spelled otherwise; its hash may not
                    and json.dumps(manifest.get(k), sort_keys=True, default=str)
                    != json.dumps(identity[k], sort_keys=True, default=str)]
@@ -220,8 +220,7 @@ def _open_run(out: Path, identity: dict, resume: bool, overwrite: bool) -> dict:
             raise TwinsimError(f"--resume: {out} was started with a different {', '.join(differs)}; rerun with the "
                                "same options, or use a new output directory")
         return manifest
-    sink.empty_dir(out, overwrite, "is not empty; pass --overwrite to replace it, or --resume to finish an "
-                   "interrupted run")
+    out.empty(overwrite, "is not empty; pass --overwrite to replace it, or --resume to finish an interrupted run")
     manifest = {"twinsim": "simulate", **identity, "status": "running", "cohorts_done": {}}
-    sink.write_json_atomic(manifest, path)
+    out.write_json(manifest, "manifest.json")
     return manifest

@@ -49,6 +49,11 @@ class Population:
     def __len__(self) -> int:
         return len(self.users)
 
+    def take(self, rows: np.ndarray) -> Population:
+        """The users ``rows`` (indices), in that order: what one cohort needs, and all it needs."""
+        return Population(self.users.iloc[rows].reset_index(drop=True), self.static_cat[rows], self.static_num[rows],
+                          None if self.history is None else self.history.of(rows))
+
 
 def new_population(model_dir: Path, schema: Schema, n: int, seed: int) -> Population:
     """``n`` new customers with attributes drawn from the model's learned joint frequencies."""
