@@ -1,7 +1,7 @@
 """Simulation engine throughput and memory, side by side with a naive engine, in one invocation.
 
     python benchmarks/simulation_throughput.py runs/model --users 10000 100000 1000000 --days 30 \\
-        [--history-days 30] [--naive-users 300] [--profile]
+        [--history-days 30] [--naive-users 300] [--workers 2] [--profile]
 
 * the engine: ``twinsim simulate`` (cohorts, daily population stepper), one fresh process per population
   size so that each peak RSS is its own; events/s counts every event sampled (warm-up history included);
@@ -37,14 +37,14 @@ from twinsim.simulator.engine import SimulateConfig, simulate
 from twinsim.simulator.population import as_utc, new_population
 
 
-def engine(model: str, users: int, days: int, history_days: int, start: str, profile: bool) -> dict:
+def engine(model: str, users: int, days: int, history_days: int, start: str, profile: bool, workers: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = SimulateConfig(users=users, start=start, days=days, history_days=history_days, seed=0)
         profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()
         if profiler:
             profiler.enable()
-        manifest = simulate(model, config, Path(tmp) / "run")
+        manifest = simulate(model, config, Path(tmp) / "run", workers=workers)
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - started
@@ -53,7 +53,8 @@ def engine(model: str, users: int, days: int, history_days: int, start: str, pro
     out = {"benchmark": "simulation_throughput", "engine": "cohorts", "users": users, "days": days,
            "history_days": history_days, "events": manifest["events"], "history_events": manifest["history_events"],
            "seconds": round(seconds, 1), "events_per_second": round(sampled / seconds),
-           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+           "workers": workers, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+           "peak_rss_worker_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
            "output_mib": round(disk / 2**20, 1), "cohort_size": config.cohort_size,
            "torch_threads": torch.get_num_threads(), "cores": os.cpu_count()}
     if profiler:
@@ -108,11 +109,13 @@ def main() -> None:
     parser.add_argument("--history-days", type=int, default=30)
     parser.add_argument("--start", default="2025-06-01", help="inside the default model's training window")
     parser.add_argument("--naive-users", type=int, default=300, help="users for the naive comparison (0: skip)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of the engine runs")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one engine run
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(engine(args.model_dir, args.one, args.days, args.history_days, args.start, args.profile)))
+        print(json.dumps(engine(args.model_dir, args.one, args.days, args.history_days, args.start, args.profile,
+                                args.workers)))
         return
     if args.naive_users:
         slow = naive(args.model_dir, args.naive_users, args.days, args.start)
@@ -122,7 +125,8 @@ def main() -> None:
     for users in args.users:
         child = subprocess.run([sys.executable, __file__, args.model_dir, "--one", str(users), "--days", str(args.days),
                                 "--history-days", str(args.history_days), "--start", args.start,
-                                *(["--profile"] if args.profile else [])], capture_output=True, text=True, check=True)
+                                "--workers", str(args.workers), *(["--profile"] if args.profile else [])],
+                               capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
         profile = result.pop("profile", None)
         print(json.dumps(result), flush=True)
