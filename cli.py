@@ -280,8 +280,9 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
 @click.option("--observed-until", "observed_until", default=None,
               help="With --history: when the log's observation ended, YYYY-MM-DD[THH:MM] (default: the end of the "
                    "day of its last event). No customer had an event between their last one and then.")
-@click.option("--cohort-size", default=16_384, show_default=True,
-              help="Users simulated together; memory grows with it (about 35 KB a user).")
+@click.option("--cohort-size", type=int, default=None,
+              help="Users simulated together; memory grows with it (about 35 KB a user). Default: an eighth of "
+                   "the users, between 1,024 and 16,384, so that workers share the cohorts.")
 @click.option("--workers", type=int, default=None,
               help="Processes the cohorts run in, side by side (default: the cores available). The output does not "
                    "depend on it; a run may be resumed with another count.")
@@ -428,7 +429,7 @@ def validate(ctx: click.Context, train: Path | None, holdout: Path | None, model
               help="Twin draws per customer (seeds SEED, SEED+1, ...); the forecast is their mean.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the first replication.")
 @click.option("--epochs", default=None, type=int, help="Training epochs when backtest trains the model (default 8).")
-@click.option("--cohort-size", default=16_384, show_default=True, help="Users simulated together.")
+@click.option("--cohort-size", type=int, default=None, help="Users simulated together (default: as simulate).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="Backtest directory: report.json, report.html, and every stage.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it holds another backtest.")

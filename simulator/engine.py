@@ -53,7 +53,7 @@ class SimulateConfig:
     history_days: int = 30  # sampled warm-up before ``start`` for new customers (0: none)
     history: str | None = None  # an event log whose customers are continued from the end of its observation
     observed_until: str | None = None  # with ``history``: when its observation ended (default: end of its last day)
-    cohort_size: int = 16384
+    cohort_size: int | None = None  # users per cohort; None: ``cohort_size_for`` the population
 
     def validate(self) -> None:
         if self.history is None and (self.users is None or self.users < 1):
@@ -67,7 +67,7 @@ class SimulateConfig:
             raise TwinsimError(f"--days must be at least 1 (got {self.days}); e.g. --days 30")
         if self.history_days < 0:
             raise TwinsimError(f"--history-days must be 0 or more (got {self.history_days})")
-        if self.cohort_size < 1:
+        if self.cohort_size is not None and self.cohort_size < 1:
             raise TwinsimError(f"--cohort-size must be at least 1 (got {self.cohort_size}); e.g. 16384")
 
 
@@ -123,9 +123,10 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
         begin_s = min(first.timestamp(), start_s)
     else:
         begin_s = start_s - config.history_days * DAY_S
+    size = config.cohort_size or cohort_size_for(len(population))
     model_sha256 = _model_hash(model_dir)
     spec = RunSpec(str(model_dir), model_sha256, config.seed, scenario, output, begin_s, start_s,
-                   start_s + config.days * DAY_S, min(config.cohort_size, len(population)) + MIN_ROWS)
+                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS)
     identity = {"config": asdict(config), "start": start.isoformat(), **_history_identity(population, start),
                 "model": str(model_dir),
                 "model_sha256": model_sha256, "scenario": scenario.to_json(),
@@ -138,8 +139,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                              "torch_threads": 1}
     if not output.exists("users.parquet"):
         output.write_parquet(without_profile(population.users), "users.parquet")
-    cohorts = [np.arange(i, min(i + config.cohort_size, len(population)))
-               for i in range(0, len(population), config.cohort_size)]
+    cohorts = [np.arange(i, min(i + size, len(population))) for i in range(0, len(population), size)]
     done = {int(k): v for k, v in manifest["cohorts_done"].items()}
     todo = [(k, members) for k, members in enumerate(cohorts) if k not in done]
     for k, _ in todo:
@@ -171,6 +171,17 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                     events_per_second_this_attempt=round(sampled / max(seconds, 1e-9)))
     output.write_json(manifest, "manifest.json")
     return manifest
+
+
+MAX_COHORT, MIN_COHORT, COHORTS = 16_384, 1024, 8
+
+
+def cohort_size_for(users: int) -> int:
+    """The default users per cohort: enough cohorts (``COHORTS``) to keep several workers busy to the end,
+    none under ``MIN_COHORT`` users (a network step's fixed cost is spread over its rows) or over
+    ``MAX_COHORT`` (memory: about 35 KB a user). A pure function of the population, so a resumed run cuts the
+    same cohorts whatever its worker count; a user's events do not depend on the cohort size anyway."""
+    return min(MAX_COHORT, max(MIN_COHORT, -(-users // COHORTS)))
 
 
 def _start(config: SimulateConfig, population: Population) -> pd.Timestamp:

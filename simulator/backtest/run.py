@@ -40,7 +40,7 @@ class BacktestConfig:
     seed: int = 0  # replication k simulates with seed + k
     model: str | None = None  # a model trained on the calibration period; default: train one
     train_options: dict = field(default_factory=dict)  # TrainConfig fields for the model trained here
-    cohort_size: int = 16384
+    cohort_size: int | None = None  # None: the engine's default (engine.cohort_size_for)
 
     def validate(self) -> None:
         if self.horizon_days < 1:
