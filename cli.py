@@ -281,8 +281,8 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
               help="With --history: when the log's observation ended, YYYY-MM-DD[THH:MM] (default: the end of the "
                    "day of its last event). No customer had an event between their last one and then.")
 @click.option("--cohort-size", type=int, default=None,
-              help="Users simulated together; memory grows with it (about 35 KB a user). Default: an eighth of "
-                   "the users, between 1,024 and 16,384, so that workers share the cohorts.")
+              help="Users simulated together; memory grows with it (about 35 KB a user). Default: as few "
+                   "cohorts as fill every worker equally, at most 16,384 users each.")
 @click.option("--workers", type=int, default=None,
               help="Processes the cohorts run in, side by side (default: the cores available). The output does not "
                    "depend on it; a run may be resumed with another count.")

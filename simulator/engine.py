@@ -53,7 +53,7 @@ class SimulateConfig:
     history_days: int = 30  # sampled warm-up before ``start`` for new customers (0: none)
     history: str | None = None  # an event log whose customers are continued from the end of its observation
     observed_until: str | None = None  # with ``history``: when its observation ended (default: end of its last day)
-    cohort_size: int | None = None  # users per cohort; None: ``cohort_size_for`` the population
+    cohort_size: int | None = None  # users per cohort; None: ``cohort_size_for`` the population and workers
 
     def validate(self) -> None:
         if self.history is None and (self.users is None or self.users < 1):
@@ -123,10 +123,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
         begin_s = min(first.timestamp(), start_s)
     else:
         begin_s = start_s - config.history_days * DAY_S
-    size = config.cohort_size or cohort_size_for(len(population))
     model_sha256 = _model_hash(model_dir)
-    spec = RunSpec(str(model_dir), model_sha256, config.seed, scenario, output, begin_s, start_s,
-                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS)
     identity = {"config": asdict(config), "start": start.isoformat(), **_history_identity(population, start),
                 "model": str(model_dir),
                 "model_sha256": model_sha256, "scenario": scenario.to_json(),
@@ -137,6 +134,12 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     # how this attempt ran: information only, not the run's identity (any count resumes to the same bits)
     manifest["execution"] = {"workers": (workers or 1) if ray in (None, "local") else None, "ray": ray,
                              "torch_threads": 1}
+    # the cohorts of the first attempt, whatever this one's workers: a resumed run must cut the same ones
+    size = config.cohort_size or manifest.get("cohort_size") or cohort_size_for(len(population), workers or 1)
+    manifest["cohort_size"] = size
+    output.write_json(manifest, "manifest.json")  # before any cohort: an attempt cut short keeps its cohorts
+    spec = RunSpec(str(model_dir), model_sha256, config.seed, scenario, output, begin_s, start_s,
+                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS)
     if not output.exists("users.parquet"):
         output.write_parquet(without_profile(population.users), "users.parquet")
     cohorts = [np.arange(i, min(i + size, len(population))) for i in range(0, len(population), size)]
@@ -173,15 +176,15 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     return manifest
 
 
-MAX_COHORT, MIN_COHORT, COHORTS = 16_384, 1024, 8
+MAX_COHORT = 16_384  # users: memory holds about 35 KB a user per cohort being simulated
 
 
-def cohort_size_for(users: int) -> int:
-    """The default users per cohort: enough cohorts (``COHORTS``) to keep several workers busy to the end,
-    none under ``MIN_COHORT`` users (a network step's fixed cost is spread over its rows) or over
-    ``MAX_COHORT`` (memory: about 35 KB a user). A pure function of the population, so a resumed run cuts the
-    same cohorts whatever its worker count; a user's events do not depend on the cohort size anyway."""
-    return min(MAX_COHORT, max(MIN_COHORT, -(-users // COHORTS)))
+def cohort_size_for(users: int, workers: int) -> int:
+    """The default users per cohort: as few cohorts as fill every worker equally (larger cohorts spread a
+    network step's fixed cost over more rows), none over ``MAX_COHORT`` users. A resumed run keeps the first
+    attempt's size (the manifest's ``cohort_size``); a user's events do not depend on it anyway."""
+    per_worker = -(-users // (workers * MAX_COHORT))
+    return max(1, -(-users // (workers * per_worker)))
 
 
 def _start(config: SimulateConfig, population: Population) -> pd.Timestamp:

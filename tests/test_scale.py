@@ -78,6 +78,22 @@ def test_an_interrupted_parallel_run_resumes_with_another_worker_count(model_dir
     assert not list((tmp_path / "cut").rglob(".*.tmp"))
 
 
+def test_the_default_cohorts_fill_the_workers_and_a_resumed_run_keeps_them(model_dir, two_workers, tmp_path):
+    config = SimulateConfig(**{**CONFIG, "cohort_size": None})
+
+    def crash(progress):
+        if progress.fraction >= 0.5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate(model_dir, config, tmp_path / "cut", workers=2, on_progress=crash)
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["cohort_size"] == 100  # 200 users, 2 workers
+    resumed = simulate(model_dir, config, tmp_path / "cut", resume=True, workers=1)  # alone it would cut 1 cohort
+    assert resumed["cohort_size"] == 100 and resumed["cohorts"] == 2
+    for dataset in DATASETS:  # and the cohort size does not change a user's events
+        pd.testing.assert_frame_equal(frame(tmp_path / "cut", dataset), frame(two_workers, dataset), check_exact=True)
+
+
 def test_a_worker_error_surfaces_as_the_same_clear_message(model_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     out = Output(tmp_path / "run")
