@@ -32,7 +32,7 @@ PARTS = ("time", "type", "marks", "amount")
 @dataclass
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 256  # windows per step (64 until session 16: see docs/benchmarks.md, "Training speed")
+    batch_size: int = 256  # windows per step (64 before session 16: docs/benchmarks.md, "Training speed")
     lr: float = 3e-3
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation improvement before stopping
@@ -42,7 +42,7 @@ class TrainConfig:
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # each user's gradient is clipped to this L2 norm
     dp_users_per_step: int = 512  # expected users drawn per DP-SGD step: large steps drown less in the noise
-    threads: int = 2  # worker threads a step's windows are split among (``Workers``); 1: one plain loop
+    threads: int = 2  # worker threads each step's windows are split among (``Workers``); 1: one plain loop
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience", "threads"):
@@ -81,22 +81,22 @@ def per_event(parts: dict[str, float]) -> dict[str, float]:
 
 def make_optimiser(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, fused where this torch has a fused CPU kernel: one kernel per step instead of a dozen small
-    tensor ops per parameter. The same update rule; it only rounds differently."""
+    tensor operations per parameter. The same update; only its float rounding differs."""
     try:
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch or a device without the fused kernel
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 class Workers:
-    """``threads`` worker threads, each computing on one torch thread: a step's windows are split among
-    them (data parallel; each collates its share and takes its gradient, and the main thread adds them).
+    """``threads`` worker threads, each computing on one torch thread. A step's windows are split among
+    them (data parallel): each collates its share and takes its gradient, and the main thread adds them.
 
-    On a few cores this beats one loop on several torch threads by far: this model's operations are small
-    (64 wide) and many, so a thread team spends much of each step waiting on itself, while independent
-    shards keep every core busy. What a shard computes does not depend on the machine: the split of a batch
-    is fixed and each shard runs on one thread, so the same seed gives the same weights on any machine
-    (with the same ``threads``). ``threads=1`` computes in the calling thread on torch's own threads."""
+    On a few cores this beats one loop on several torch threads by far. This model's operations are small
+    (64 wide) and many, so a team of torch threads spends much of a step in serial code and in waiting on
+    itself, while independent shards keep every core busy. The split of a batch is fixed and each share is
+    computed on one thread, so the same seed gives the same weights on any machine (for the same
+    ``threads``). ``threads=1`` computes in the calling thread, on torch's own threads."""
 
     def __init__(self, threads: int) -> None:
         self.threads = max(1, threads)
@@ -127,16 +127,16 @@ class Workers:
 
 def _one_thread() -> None:
     torch.set_num_threads(1)
-    numba.set_num_threads(1)  # the Numba kernels of collate, too (the setting is per thread)
+    numba.set_num_threads(1)  # collate's Numba kernels too (the setting is per thread)
 
 
 def train_step(model: EventTransformer, optimiser: torch.optim.Optimizer, schedule, workers: Workers,
                make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], rows: np.ndarray,
                seen: dict[str, float] | None = None) -> float:
-    """One optimisation step on the windows ``rows``: the gradient of their mean NLL per event, clipped,
-    then AdamW and the schedule. Each worker collates its share (``make_batch``) and takes the gradient
-    of its summed NLL; their sum over the batch's events is the gradient of the batch's mean, the loss
-    of one step on the whole batch. Returns that loss; adds the NLL sums to ``seen``."""
+    """One optimisation step on the windows ``rows``: the gradient of their mean NLL per event, clipped to
+    norm 1, then AdamW and the schedule. Each worker collates its share (``make_batch``) and takes the
+    gradient of its summed NLL; their sum over the batch's events is the gradient of the batch's mean,
+    the same loss as one pass over the whole batch. Returns that loss; adds the NLL sums to ``seen``."""
     params = [p for p in model.parameters() if p.requires_grad]
 
     def shard(part: np.ndarray):
@@ -160,14 +160,14 @@ def train_step(model: EventTransformer, optimiser: torch.optim.Optimizer, schedu
 
 def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256,
              threads: int = 1) -> dict[str, float]:
-    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring); ``threads`` workers
-    take the batches in turn (the sums are added in batch order, so the figure does not depend on it)."""
+    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring). ``threads`` workers
+    take the batches in turn; the sums are added in batch order either way."""
     model.eval()
     win = make_windows(log, model.cfg.window)
     ended = user_ended(log, schema.terminal_codes)
 
     def score(rows: np.ndarray) -> dict[str, float]:
-        with torch.no_grad():  # per thread
+        with torch.no_grad():  # grad mode is per thread
             batch = collate(log, win, rows, model.cfg.window, ended, model.bos, schema.window_start_s)
             return {k: float(v) for k, v in model.nll(batch).items()}
 

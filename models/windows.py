@@ -46,8 +46,7 @@ def user_ended(log: EncodedLog, terminal_codes: list[int]) -> np.ndarray:
 
 def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended: np.ndarray,
             bos_type: int, bos_time_s: float) -> dict[str, torch.Tensor]:
-    """Tensors for windows ``rows``: tokens (B, W + 1) and the targets each token predicts; ``query_recency``
-    only for the tokens whose target is an event, (events, features), in the order of ``target_kind == EVENT``."""
+    """Tensors for windows ``rows``: tokens (B, W + 1) and the targets each token predicts."""
     users = win.user[rows]
     start, first_target = win.start[rows], win.first_target[rows]
     n = log.lengths[users]
@@ -95,9 +94,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "time_days": t(tok_days, torch.float32),
         "recency": t(recency(tok_days, tok_last, tok_recent, np.ones_like(tok_days))),
         "memory": t(tokens(log.memory, 0.0), torch.float32),
-        # only where an event is predicted (the queries of the type, marks and amount heads), in row-major order
-        "query_recency": t(recency(target_days[is_event], tok_last[is_event], tok_recent[is_event],
-                                   decay_over((target_days - tok_days)[is_event]))),
+        "query_recency": t(recency(target_days, tok_last, tok_recent, decay_over(target_days - tok_days))),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
