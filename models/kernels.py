@@ -276,13 +276,6 @@ def _log_ndtr(z):
 
 
 @nb.njit(cache=True)
-def _log_softmax3(a0, a1, a2, out):
-    m = max(a0, max(a1, a2))
-    s = m + math.log(math.exp(a0 - m) + math.exp(a1 - m) + math.exp(a2 - m))
-    out[0], out[1], out[2] = a0 - s, a1 - s, a2 - s
-
-
-@nb.njit(cache=True)
 def _logaddexp(a, b):
     if a == -np.inf:
         return b

@@ -6,11 +6,9 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import pandas as pd
 import torch
@@ -32,7 +30,7 @@ PARTS = ("time", "type", "marks", "amount")
 @dataclass
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 256  # windows per step (64 before session 16: docs/benchmarks.md, "Training speed")
+    batch_size: int = 64  # windows per step
     lr: float = 3e-3
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation improvement before stopping
@@ -42,10 +40,9 @@ class TrainConfig:
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # each user's gradient is clipped to this L2 norm
     dp_users_per_step: int = 512  # expected users drawn per DP-SGD step: large steps drown less in the noise
-    threads: int = 2  # worker threads each step's windows are split among (``Workers``); 1: one plain loop
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "threads"):
+        for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise TwinsimError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not self.lr > 0:
@@ -79,105 +76,18 @@ def per_event(parts: dict[str, float]) -> dict[str, float]:
     return {"total": sum(out.values()), **out}
 
 
-def make_optimiser(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, fused where this torch has a fused CPU kernel: one kernel per step instead of a dozen small
-    tensor operations per parameter. The same update; only its float rounding differs."""
-    try:
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-
-class Workers:
-    """``threads`` worker threads, each computing on one torch thread. A step's windows are split among
-    them (data parallel): each collates its share and takes its gradient, and the main thread adds them.
-
-    On a few cores this beats one loop on several torch threads by far. This model's operations are small
-    (64 wide) and many, so a team of torch threads spends much of a step in serial code and in waiting on
-    itself, while independent shards keep every core busy. The split of a batch is fixed and each share is
-    computed on one thread, so the same seed gives the same weights on any machine (for the same
-    ``threads``). ``threads=1`` computes in the calling thread, on torch's own threads."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = max(1, threads)
-        self._restore = torch.get_num_threads()
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="train",
-                                        initializer=_one_thread) if self.threads > 1 else None
-
-    def map(self, fn: Callable, items: list) -> list:
-        """``[fn(x) for x in items]``, spread over the workers, in order."""
-        return list(self._pool.map(fn, items)) if self._pool is not None else [fn(x) for x in items]
-
-    def shards(self, rows: np.ndarray) -> list[np.ndarray]:
-        """``rows`` cut into one contiguous share per worker (none empty)."""
-        return [r for r in np.array_split(rows, self.threads) if len(r)]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-            torch.set_num_threads(self._restore)  # a worker's setting can leak into threads started later
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)  # collate's Numba kernels too (the setting is per thread)
-
-
-def train_step(model: EventTransformer, optimiser: torch.optim.Optimizer, schedule, workers: Workers,
-               make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]], rows: np.ndarray,
-               seen: dict[str, float] | None = None) -> float:
-    """One optimisation step on the windows ``rows``: the gradient of their mean NLL per event, clipped to
-    norm 1, then AdamW and the schedule. Each worker collates its share (``make_batch``) and takes the
-    gradient of its summed NLL; their sum over the batch's events is the gradient of the batch's mean,
-    the same loss as one pass over the whole batch. Returns that loss; adds the NLL sums to ``seen``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def shard(part: np.ndarray):
-        parts = model.nll(make_batch(part))
-        grads = torch.autograd.grad(sum(parts[k] for k in PARTS), params, allow_unused=True)
-        return {k: float(v.detach()) for k, v in parts.items()}, grads
-
-    results = workers.map(shard, workers.shards(rows))
-    events = max(1.0, sum(r[0]["events"] for r in results))
-    for i, p in enumerate(params):
-        grads = [r[1][i] for r in results if r[1][i] is not None]
-        p.grad = sum(grads[1:], grads[0]) / events if grads else None
-    if seen is not None:
-        for k in seen:
-            seen[k] += sum(r[0][k] for r in results)
-    torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-    optimiser.step()
-    schedule.step()
-    return sum(r[0][k] for r in results for k in PARTS) / events
-
-
-def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256,
-             threads: int = 1) -> dict[str, float]:
-    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring). ``threads`` workers
-    take the batches in turn; the sums are added in batch order either way."""
+@torch.no_grad()
+def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256) -> dict[str, float]:
+    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring)."""
     model.eval()
     win = make_windows(log, model.cfg.window)
     ended = user_ended(log, schema.terminal_codes)
-
-    def score(rows: np.ndarray) -> dict[str, float]:
-        with torch.no_grad():  # grad mode is per thread
-            batch = collate(log, win, rows, model.cfg.window, ended, model.bos, schema.window_start_s)
-            return {k: float(v) for k, v in model.nll(batch).items()}
-
-    chunks = [np.arange(i, min(i + batch_size, len(win.user))) for i in range(0, len(win.user), batch_size)]
-    with Workers(threads) as workers:
-        results = workers.map(score, chunks)
     sums = dict.fromkeys((*PARTS, "events"), 0.0)
-    for r in results:
-        for k in sums:
-            sums[k] += r[k]
+    for i in range(0, len(win.user), batch_size):
+        batch = collate(log, win, np.arange(i, min(i + batch_size, len(win.user))), model.cfg.window, ended,
+                        model.bos, schema.window_start_s)
+        for k, v in model.nll(batch).items():
+            sums[k] += float(v)
     return per_event(sums)
 
 
@@ -264,7 +174,7 @@ def train(
         train_log = train_log.subset(mask)
     model_cfg = model_config_for(schema, **(model_overrides or {}))
     model = EventTransformer(model_cfg)
-    optimiser = make_optimiser(model, config.lr, config.weight_decay)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     win = make_windows(train_log, model_cfg.window)
     ended = user_ended(train_log, schema.terminal_codes)
     privacy = None
@@ -306,57 +216,56 @@ def train(
     seen = dict.fromkeys((*PARTS, "events"), 0.0)  # this epoch's training NLL sums
     user_rows = np.searchsorted(win.user, np.arange(train_log.n_users + 1))  # user u: windows user_rows[u:u + 2]
 
-    def make_batch(rows: np.ndarray) -> dict[str, torch.Tensor]:
-        return collate(train_log, win, rows, model_cfg.window, ended, model.bos, schema.window_start_s)
-
     def loss_of(rows: np.ndarray) -> torch.Tensor:
         """Mean NLL per event of training windows ``rows`` (sums added to ``seen``)."""
-        parts = model.nll(make_batch(rows))
+        parts = model.nll(collate(train_log, win, rows, model_cfg.window, ended, model.bos, schema.window_start_s))
         for k in seen:
             seen[k] += float(parts[k].detach())
         return sum(parts[k] for k in PARTS) / parts["events"].clamp(min=1)
 
-    # dropout draws from the global generator, which threads would share in no fixed order: one worker then
-    threads = config.threads if model_cfg.dropout == 0 else 1
-    with Workers(threads) as workers:
-        for epoch in range(start_epoch, config.epochs):
-            if stale >= config.patience:
-                break
-            started = time.perf_counter()
-            model.train()
-            emit("epoch_start", {"epoch": epoch, "batches": steps_per_epoch})
-            seen.update(dict.fromkeys(seen, 0.0))
-            if privacy is None:
-                order = np.random.default_rng([config.seed, epoch]).permutation(len(win.user))
-                for i in range(0, len(order), config.batch_size):
-                    rows = order[i:i + config.batch_size]
-                    emit("batch", {"loss": train_step(model, optimiser, schedule, workers, make_batch, rows, seen)})
-            else:
-                dp.run_epoch(model, optimiser, schedule, privacy, train_log.n_users,
-                             lambda u: loss_of(np.arange(user_rows[u], user_rows[u + 1])), config.seed, epoch,
-                             lambda drawn: emit("batch", {"users": drawn}))
-            validation = evaluate(model, splits["validation"], schema, threads=threads)
-            record = {"epoch": epoch, "train": per_event(seen), "validation": validation,
-                      "seconds": round(time.perf_counter() - started, 1)}
-            history.append(record)
-            if privacy is not None:  # no selection on validation users: DP keeps the last epoch
-                save_atomic(model.state_dict(), out / "best.pt")
-            elif validation["total"] < best - 1e-4:
-                best, stale = validation["total"], 0
-                save_atomic(model.state_dict(), out / "best.pt")
-            else:
-                stale += 1
-            save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                         "schedule": schedule.state_dict(), "epoch": epoch, "history": history, "best": best,
-                         "stale": stale, "schema": schema.to_json(), "model_config": model_cfg.to_json(),
-                         "train_config": asdict(config)}, checkpoint)
-            write_json(out / "history.json", {"history": history})
-            emit("epoch_end", record)
+    for epoch in range(start_epoch, config.epochs):
+        if stale >= config.patience:
+            break
+        started = time.perf_counter()
+        model.train()
+        emit("epoch_start", {"epoch": epoch, "batches": steps_per_epoch})
+        seen.update(dict.fromkeys(seen, 0.0))
+        if privacy is None:
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(win.user))
+            for i in range(0, len(order), config.batch_size):
+                loss = loss_of(order[i:i + config.batch_size])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimiser.step()
+                schedule.step()
+                emit("batch", {"loss": loss.item()})
+        else:
+            dp.run_epoch(model, optimiser, schedule, privacy, train_log.n_users,
+                         lambda u: loss_of(np.arange(user_rows[u], user_rows[u + 1])), config.seed, epoch,
+                         lambda drawn: emit("batch", {"users": drawn}))
+        validation = evaluate(model, splits["validation"], schema)
+        record = {"epoch": epoch, "train": per_event(seen), "validation": validation,
+                  "seconds": round(time.perf_counter() - started, 1)}
+        history.append(record)
+        if privacy is not None:  # no selection on validation users: DP keeps the last epoch
+            save_atomic(model.state_dict(), out / "best.pt")
+        elif validation["total"] < best - 1e-4:
+            best, stale = validation["total"], 0
+            save_atomic(model.state_dict(), out / "best.pt")
+        else:
+            stale += 1
+        save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                     "schedule": schedule.state_dict(), "epoch": epoch, "history": history, "best": best,
+                     "stale": stale, "schema": schema.to_json(), "model_config": model_cfg.to_json(),
+                     "train_config": asdict(config)}, checkpoint)
+        write_json(out / "history.json", {"history": history})
+        emit("epoch_end", record)
     model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
     metrics = {
-        "holdout_nll_per_event": {"transformer": evaluate(model, splits["holdout"], schema, threads=threads),
+        "holdout_nll_per_event": {"transformer": evaluate(model, splits["holdout"], schema),
                                   "baseline": per_event(baseline.nll(splits["holdout"], schema))},
-        "validation_nll_per_event": {"transformer": evaluate(model, splits["validation"], schema, threads=threads),
+        "validation_nll_per_event": {"transformer": evaluate(model, splits["validation"], schema),
                                      "baseline": per_event(baseline.nll(splits["validation"], schema))},
         "users": {name: splits[name].n_users for name in SPLITS} | {"train_used": train_log.n_users},
         "events": {name: int(len(splits[name].event_type)) for name in SPLITS},
