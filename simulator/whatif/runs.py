@@ -20,6 +20,7 @@ from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import read_manifest
 
 EVENT_COLUMNS = ("user_id", "timestamp", "event_type", "amount")
+WORLD_TERMINAL = ["account_closed"]  # the reference world's one terminal type (docs/reference-world.md)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _world_run(path: Path) -> Run:
     events = _dataset(path / "events.parquet")
     return Run(path, "world", _utc(window["start"]), _utc(window["end_exclusive"]), _users(path / "users.parquet"),
                events, _optional(path / "exposures.parquet"), _optional(path / "assignments.parquet"),
-               world.get("scenario"), detect_terminal_types(events))
+               world.get("scenario"), list(WORLD_TERMINAL))
 
 
 def _utc(value) -> pd.Timestamp:
