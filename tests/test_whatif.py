@@ -212,6 +212,10 @@ def test_other_models_must_share_the_vocabulary_and_runs_must_be_runs(model_dir,
     result = CliRunner().invoke(cli.main, ["whatif", str(model_dir), "--scenario", "baseline", "--users", "10",
                                            "--start", START, "--models", str(sparse_model), "-o", str(tmp_path / "w")])
     assert result.exit_code == 2 and "differ from" in result.output and "other seeds" in result.output
+    twice = CliRunner().invoke(cli.main, ["whatif", str(model_dir), "--scenario", "baseline", "--users", "10",
+                                          "--start", START, "--models", str(tmp_path), str(model_dir),
+                                          "-o", str(tmp_path / "w")])  # --models M2 M3: both are taken
+    assert twice.exit_code == 2 and "no model.json" in twice.output
     with pytest.raises(TwinsimError, match="not a run directory"):
         uplift_between(tmp_path, tmp_path)
     with pytest.raises(TwinsimError, match="one baseline run per scenario run"):

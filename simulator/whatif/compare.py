@@ -53,7 +53,7 @@ def uplift_between(baseline: str | Path | Sequence[str | Path], scenario: str | 
     overall = pooled_all([m["overall"] for m in models])
     report = {
         "twinsim": "whatif",
-        "scenario": {k: scenario_json.get(k) for k in ("name", "description", "source") if k in scenario_json},
+        "scenario": scenario_json,
         "window": {"start": pairs[0][0].start.isoformat(), "end": pairs[0][0].end.isoformat(),
                    "days": int(np.ceil((pairs[0][0].end - pairs[0][0].start) / pd.Timedelta(days=1)))},
         "runs": [{"kind": b.kind, "baseline": str(b.path), "scenario": str(s.path), "model": s.model,
