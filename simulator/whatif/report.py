@@ -92,8 +92,10 @@ def _exposures(report: dict) -> str:
     rows = []
     for name, e in report["exposures"].items():
         used = "n/a" if e["budget_used"] is None else f"{e['budget_used']:.0%}"
-        cells = [f"{e['exposures']:,}", f"{e['customers']:,}", f"{e['busiest_day']:,}", fmt(e["budget_total"]),
-                 fmt(e["budget_per_day"]), used, fmt(e.get("control")), ", ".join(f"{n:,}" for n in e["per_model"])]
+        budget = ["none" if b is None else f"{b:,}" for b in (e["budget_total"], e["budget_per_day"])]
+        control = "none" if not e.get("control") else f"{e['control']:.0%}"
+        cells = [f"{e['exposures']:,}", f"{e['customers']:,}", f"{e['busiest_day']:,}", *budget, used, control,
+                 ", ".join(f"{n:,}" for n in e["per_model"])]
         rows.append(f"<tr><td>{esc(name)}</td>{''.join(_td(c) for c in cells)}</tr>")
     rows = "".join(rows)
     return ("<table><tr><th>campaign</th><th>exposures</th><th>customers reached</th><th>busiest day</th>"
