@@ -81,7 +81,7 @@ def _twin_run(path: Path) -> Run:
     events = _dataset(path / "events")
     return Run(path, "twin", start, end, _users(path / "users.parquet"), events,
                _optional(path / "exposures"), _optional(path / "assignments"), manifest.get("scenario"),
-               terminal if terminal is not None else detect_terminal_types(events, min_count=1), model)
+               terminal if terminal is not None else detect_terminal_types(events), model)
 
 
 def _world_run(path: Path) -> Run:
