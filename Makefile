@@ -21,8 +21,7 @@ demo: setup
 	$(BIN)/twinsim train $(DEMO_DIR)/world -o $(DEMO_DIR)/model --overwrite
 	$(BIN)/twinsim generate $(DEMO_DIR)/model -n 2000 --start 2025-01-01 --days 365 --seed 1 -o $(DEMO_DIR)/synthetic --overwrite
 	$(BIN)/twinsim inspect $(DEMO_DIR)/synthetic
-	$(BIN)/twinsim simulate $(DEMO_DIR)/model --users 10000 --start 2025-06-01 --days 30 --seed 1 -o $(DEMO_DIR)/sim --overwrite
-	$(BIN)/twinsim simulate $(DEMO_DIR)/model --users 10000 --start 2025-06-01 --days 30 --seed 1 --scenario travel_card_push -o $(DEMO_DIR)/sim-push --overwrite
+	$(BIN)/twinsim whatif $(DEMO_DIR)/model --scenario travel_card_push --users 10000 --start 2025-06-01 --days 30 --seed 1 -o $(DEMO_DIR)/whatif --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

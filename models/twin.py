@@ -4,12 +4,14 @@
 >>> twin = TwinModel.fit("runs/world", epochs=2)                       # doctest: +SKIP
 >>> users, events = twin.sample(1000, start="2025-01-01", days=90)     # doctest: +SKIP
 >>> twin.save("runs/model"); twin = TwinModel.load("runs/model")       # doctest: +SKIP
+>>> report = twin.whatif("travel_card_push", "runs/whatif", users=10_000, start="2025-06-01", days=30)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -61,3 +63,19 @@ class TwinModel:
                                 batch_size=batch_size)
         frame_users, events, _ = generate(self.directory, config)
         return frame_users, events
+
+    def whatif(self, scenario: str | Path, out: str | Path, *, users: int | None = None,
+               start: str | pd.Timestamp | None = None, history: str | Path | None = None, days: int = 30,
+               models: Sequence[str | Path | TwinModel] = (), seed: int = 0, history_days: int = 30,
+               workers: int | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+        """``twinsim whatif``: this model (and ``models``, the same data trained with other seeds) runs the
+        baseline and ``scenario`` for the same customers (``users`` new ones from ``start``, or ``history``'s)
+        into ``out``; returns the uplift report also written to ``out/uplift.json`` (docs/whatif.md)."""
+        from twinsim.simulator.whatif import WhatifConfig
+        from twinsim.simulator.whatif import whatif as run
+
+        config = WhatifConfig(scenario=str(scenario), days=days, users=users,
+                              start=None if start is None else str(pd.Timestamp(start).date()),
+                              history=None if history is None else str(history), history_days=history_days, seed=seed)
+        others = [m.directory if isinstance(m, TwinModel) else Path(m) for m in models]
+        return run(self.directory, config, out, models=others, workers=workers, resume=resume, overwrite=overwrite)
