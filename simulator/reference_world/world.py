@@ -18,11 +18,13 @@ from twinsim.simulator.reference_world import laws
 from twinsim.simulator.reference_world.behaviour import simulate_chunk
 from twinsim.simulator.reference_world.calendar import build_calendar
 from twinsim.simulator.reference_world.population import sample_population, users_table
+from twinsim.simulator.reference_world.streams import Streams
 
-# Users are simulated in chunks of this size, each from its own random stream keyed by (seed, chunk).
-# Output therefore depends on the seed and on this constant, never on the machine or on timing. The streams
-# are keyed without the window length and consumed day by day (behaviour.py, calendar.macro_index), so the
-# world is prefix-stable: its first D days are the same whatever longer --days it is generated with.
+# Users are simulated in chunks of this size (memory, vectorisation). Every random number is a customer's own
+# (streams.py: keyed by seed, customer, day, purpose), so the output depends on the seed and the options,
+# never on this constant, the machine or timing. The keys hold no window length and the macro index is
+# drawn a whole year at a time (calendar.macro_index), so the world is prefix-stable: its first D days are
+# the same whatever longer --days it is generated with.
 CHUNK_USERS = 10_000
 MAX_DAYS = 3_660
 
@@ -45,10 +47,6 @@ class WorldConfig:
             raise TwinsimError(f"--seed must be a non-negative integer (got {self.seed}); e.g. --seed 7")
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
 def generate_reference_world(
     config: WorldConfig,
     out_dir: str | Path,
@@ -65,17 +63,19 @@ def generate_reference_world(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     started = time.perf_counter()
-    # Independent streams: (seed, 0) for the calendar's macro index, (seed, 1, chunk) for each chunk.
-    cal = build_calendar(config.start, config.days, _rng(config.seed, 0))
+    # The calendar's macro index draws from its own stream; the customers from theirs (streams.py).
+    cal = build_calendar(config.start, config.days, np.random.default_rng(np.random.SeedSequence(config.seed,
+                                                                                                   spawn_key=(0,))))
     counts = np.zeros(len(laws.EVENT_TYPES), dtype=np.int64)
     with atomic_output_dir(out_dir, overwrite) as tmp:
         events_writer = users_writer = None
         try:
-            for chunk, first in enumerate(range(0, config.users, CHUNK_USERS)):
+            for first in range(0, config.users, CHUNK_USERS):
                 size = min(CHUNK_USERS, config.users - first)
-                rng = _rng(config.seed, 1, chunk)
-                pop = sample_population(rng, first, size)
-                events = simulate_chunk(pop, cal, rng, (lambda _day, s=size: progress(s)) if progress else None)
+                streams = Streams(config.seed, first)
+                pop = sample_population(streams, first, size)
+                events, _ = simulate_chunk(pop, cal, streams,
+                                           (lambda _day, s=size: progress(s)) if progress else None)
                 users = users_table(pop)
                 if events_writer is None:
                     events_writer = pq.ParquetWriter(tmp / "events.parquet", events.schema, compression="zstd")
