@@ -118,14 +118,20 @@ def _labels(codes: np.ndarray, vocabulary: tuple[str, ...]) -> pa.DictionaryArra
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(vocabulary))
 
 
+def attribute_codes(pop: Population) -> dict[str, tuple[np.ndarray, tuple[str, ...] | None]]:
+    """The users table's attributes as (codes, vocabulary) for categorical ones, (values, None) for numeric."""
+    return {
+        "segment": (pop.segment, laws.SEGMENTS),
+        "age_band": (pop.age_band, laws.AGE_BANDS),
+        "income_band": (pop.income_band, laws.INCOME_BANDS),
+        "region": (pop.region, laws.REGIONS),
+        "tenure_months": (pop.tenure_months, None),
+        "preferred_channel": (pop.channel, laws.CHANNELS),
+    }
+
+
 def users_table(pop: Population) -> pa.Table:
     """The observable users table (latent traits stay hidden, as they would in a bank's data)."""
-    return pa.table({
-        "user_id": pa.array(pop.user_ids()),
-        "segment": _labels(pop.segment, laws.SEGMENTS),
-        "age_band": _labels(pop.age_band, laws.AGE_BANDS),
-        "income_band": _labels(pop.income_band, laws.INCOME_BANDS),
-        "region": _labels(pop.region, laws.REGIONS),
-        "tenure_months": pa.array(pop.tenure_months),
-        "preferred_channel": _labels(pop.channel, laws.CHANNELS),
-    })
+    columns = {name: pa.array(codes) if vocabulary is None else _labels(codes, vocabulary)
+               for name, (codes, vocabulary) in attribute_codes(pop).items()}
+    return pa.table({"user_id": pa.array(pop.user_ids()), **columns})

@@ -1,0 +1,240 @@
+"""A scenario in the reference world: campaigns the world's own customers respond to, shocks on its economy.
+
+This is the ground truth for what-if claims: a twin's forecast of a campaign is scored against what the world
+does with the same scenario. The world applies a scenario (``scenarios/scenario.py``) with its own laws:
+
+* a **campaign** of ``offer_shown`` shows its product to the customers it reaches, and the customer's click,
+  purchase and life-stage chain follow from their own affinity, fatigue and recency exactly as for the bank's
+  organic offers (``behaviour.Chunk.respond``); a campaign of any other event type is refused;
+* a **shock** sets or shifts ``macro_index`` on some days; spending and churn react through the macro laws.
+
+Every draw a scenario needs is the customer's own (``streams.CAMPAIGN_*``), so customers a scenario never
+exposes are identical to the baseline world with the same seed, and exposed ones up to their first exposure.
+docs/reference-world.md ("Scenarios: the ground truth") says what the world does with each field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import numba as nb
+import numpy as np
+import pandas as pd
+
+from twinsim.models.errors import TwinsimError
+from twinsim.simulator.reference_world import laws
+from twinsim.simulator.reference_world import streams as st
+from twinsim.simulator.reference_world.behaviour import DAY, N_OFFER_DRAWS, Chunk, E
+from twinsim.simulator.reference_world.calendar import Calendar
+from twinsim.simulator.reference_world.population import Population, attribute_codes
+
+NEVER = np.iinfo(np.int64).max
+MARK_CODES = {"channel": laws.CHANNELS, "merchant_category": laws.MERCHANTS, "product": laws.PRODUCTS}
+MARK_COLUMN = {"channel": 4, "merchant_category": 5, "product": 6}  # in EventBuffer.columns()
+
+
+def _day_number(value, start: date) -> int:
+    """A day of the window: a day number, or a date / timestamp (UTC)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return int((pd.Timestamp(value).tz_localize(None).normalize() - pd.Timestamp(start)).days)
+
+
+def check_scenario(scenario, where: str) -> None:
+    """Refuse what the world cannot act out, naming the campaign and how to fix it."""
+    for c in scenario.campaigns:
+        if c.event_type != "offer_shown":
+            raise TwinsimError(f"{where}: campaign {c.name!r} imposes {c.event_type!r}; the reference world only "
+                               "responds to offer_shown campaigns (its customers click and buy offers). Use "
+                               'event_type = "offer_shown" with marks = { product = "travel_card" }')
+        if "product" not in c.marks:
+            raise TwinsimError(f"{where}: campaign {c.name!r} has no product mark; the world's customers respond "
+                               'to a product, e.g. marks = { product = "travel_card", channel = "app" }')
+        extra = set(c.marks) - {"product", "channel"}
+        if extra:
+            raise TwinsimError(f"{where}: campaign {c.name!r} marks {sorted(extra)}: the world's offers carry only "
+                               'product and channel, e.g. marks = { product = "travel_card", channel = "app" }')
+    for s in getattr(scenario, "shocks", ()):
+        if s.column != "macro_index":
+            raise TwinsimError(f"{where}: shock on {s.column!r}; the reference world's only context column is "
+                               'macro_index, e.g. [[shock]] column = "macro_index", start = 30, end = 90, shift = -15')
+
+
+def shocked_calendar(cal: Calendar, scenario, start: date) -> Calendar:
+    """The calendar with the scenario's shocks on ``macro_index`` (days [start, end), in order)."""
+    shocks = getattr(scenario, "shocks", ())
+    if not shocks:
+        return cal
+    macro = cal.macro_index.copy()
+    for s in shocks:
+        a, b = (min(max(_day_number(v, start), 0), cal.days) for v in (s.start, s.end))
+        if getattr(s, "set", None) is not None:
+            macro[a:b] = s.set
+        if getattr(s, "shift", None) is not None:
+            macro[a:b] += s.shift
+    return replace(cal, macro_index=macro)
+
+
+def _share(total: int | None, first: int, n: int, users: int) -> int:
+    """This chunk's pro-rata part of ``total`` (the parts of all chunks add up to it exactly)."""
+    if total is None:
+        return NEVER
+    return int(total * (first + n) // users - total * first // users)
+
+
+@nb.njit(cache=True)
+def _admit(users, campaigns, day, recent, cap_days, budget):
+    """Admit candidate exposures in order (sorted by time): each campaign's budget left today, and at most
+    ``recent.shape[1]`` exposures a customer in any ``cap_days`` days (``recent``: their latest exposure days,
+    updated). ``cap_days == 0``: no cap."""
+    ok = np.zeros(users.shape[0], dtype=np.bool_)
+    for i in range(users.shape[0]):
+        u, k = users[i], campaigns[i]
+        if budget[k] <= 0:
+            continue
+        if cap_days > 0:
+            oldest = 0
+            for s in range(recent.shape[1]):
+                if recent[u, s] < recent[u, oldest]:
+                    oldest = s
+            if recent[u, oldest] > day - cap_days:
+                continue
+            recent[u, oldest] = day
+        budget[k] -= 1
+        ok[i] = True
+    return ok
+
+
+class ScenarioAgent:
+    """A scenario's campaigns acting on one chunk of customers at the end of every day (``behaviour.DayAgent``)."""
+
+    def __init__(self, scenario, pop: Population, cal: Calendar, streams: st.Streams, users: int,
+                 start: date) -> None:
+        n = len(pop)
+        self.campaigns, self.streams, self.n = scenario.campaigns, streams, n
+        attrs = attribute_codes(pop)
+        self.window, self.days, self.arms = [], [], []
+        self.budget_total, self.budget_day, self.pending, self.not_had = [], [], [], []
+        idx = np.arange(n)
+        for k, c in enumerate(self.campaigns):
+            self.window.append((_day_number(c.start, start), _day_number(c.end, start)))
+            self.days.append({_day_number(d, start) for d in c.exposure_days()})
+            eligible = np.ones(n, dtype=bool)
+            for name, values in c.segment.items():
+                codes, vocabulary = attrs[name]
+                eligible &= np.isin(codes, [vocabulary.index(v) for v in values])
+            for name, (low, high) in (getattr(c, "attributes", None) or {}).items():
+                values = attrs[name][0]
+                eligible &= values >= (-np.inf if low is None else low)
+                eligible &= values < (np.inf if high is None else high)
+            u_reach, u_control = streams.draw(st.CAMPAIGN_ASSIGN, idx, 0, 2, np.full(n, k)).T
+            reached = eligible & (u_reach < c.reach)
+            control = reached & (u_control < (getattr(c, "control", 0.0) or 0.0))
+            self.arms.append((reached & ~control, control))
+            self.budget_total.append(_share(getattr(c, "budget_total", None), pop.first_id, n, users))
+            self.budget_day.append(_share(getattr(c, "budget_per_day", None), pop.first_id, n, users))
+            self.pending.append(np.zeros(n, dtype=bool))
+            self.not_had.append([(_condition(c, cond), np.full(n, NEVER)) for cond in getattr(c, "not_had", ())])
+        cap = getattr(scenario, "cap", None)
+        self.cap_days = int(cap.days) if cap is not None else 0
+        self.recent = np.full((n, int(cap.exposures) if cap is not None else 1), -(10**9), dtype=np.int64)
+        self.last_active = np.full(n, -(10**9), dtype=np.int64)
+        self.seen = 0  # EventBuffer parts already read into the trackers
+
+    def assignments(self) -> dict[str, np.ndarray]:
+        """Every reached customer: ``user`` (local index), ``campaign`` (index), ``control`` (bool)."""
+        rows = [(np.flatnonzero(t | c), k, c[t | c]) for k, (t, c) in enumerate(self.arms)]
+        return {"user": np.concatenate([r[0] for r in rows] or [np.empty(0, np.int64)]),
+                "campaign": np.concatenate([np.full(len(r[0]), r[1]) for r in rows] or [np.empty(0, np.int64)]),
+                "control": np.concatenate([r[2] for r in rows] or [np.empty(0, bool)])}
+
+    def _read(self, chunk: Chunk) -> None:
+        """Fold the events added since the last read into ``not_had`` first times and last active days."""
+        cols = chunk.out.columns(self.seen)
+        self.seen = len(chunk.out.parts)
+        user, seconds = cols[0], cols[1]
+        for conditions in self.not_had:
+            for (etype, marks), first in conditions:
+                hit = cols[2] == etype
+                for column, code in marks:
+                    hit &= cols[column] == code
+                np.minimum.at(first, user[hit], seconds[hit])
+        np.maximum.at(self.last_active, user, seconds // DAY)
+
+    def on_day(self, chunk: Chunk, day: int, first_part: int) -> None:
+        active_before = self.last_active.copy()  # through yesterday's events: "active in the N days before"
+        self._read(chunk)
+        today = chunk.out.columns(first_part)
+        users, times, which = [], [], []
+        for k, c in enumerate(self.campaigns):
+            begin, end = self.window[k]
+            if not begin <= day < end:
+                continue
+            treated = self.arms[k][0]
+            at = getattr(c, "at", None)
+            if at is None:
+                if day not in self.days[k]:
+                    continue
+                cand = np.flatnonzero(treated)
+                u = self.streams.draw(st.CAMPAIGN_TIME, cand, day, 1, np.full(len(cand), k))[:, 0]
+                t = day * DAY + c.hours[0] * 3600 + np.floor(u * (c.hours[1] - c.hours[0]) * 3600).astype(np.int64)
+            else:
+                pending = self.pending[k]
+                if day in self.days[k]:
+                    pending[:] = treated
+                first = np.full(self.n, NEVER)
+                hit = today[2] == E[at]
+                np.minimum.at(first, today[0][hit], today[1][hit])
+                cand = np.flatnonzero(pending & (first < NEVER))
+                u = self.streams.draw(st.CAMPAIGN_TIME, cand, day, 1, np.full(len(cand), k))[:, 0]
+                t = first[cand] + st.integers(u, 1, 21)
+            keep = t < chunk.closed_at[cand]
+            for _, first_had in self.not_had[k]:
+                keep &= first_had[cand] >= t
+            active_days = getattr(c, "active_days", None)
+            if active_days is not None:
+                keep &= active_before[cand] >= day - active_days
+            users.append(cand[keep])
+            times.append(t[keep])
+            which.append(np.full(keep.sum(), k))
+        if users:
+            self._expose(chunk, day, np.concatenate(users), np.concatenate(times), np.concatenate(which))
+        self._read(chunk)
+
+    def _expose(self, chunk: Chunk, day: int, users: np.ndarray, times: np.ndarray, which: np.ndarray) -> None:
+        order = np.lexsort((users, which, times))
+        users, times, which = users[order], times[order], which[order]
+        budget = np.array([min(total, per_day) for total, per_day in zip(self.budget_total, self.budget_day,
+                                                                          strict=True)], dtype=np.int64)
+        start_budget = budget.copy()
+        ok = _admit(users, which, day, self.recent, self.cap_days, budget)
+        for k, c in enumerate(self.campaigns):
+            if self.budget_total[k] != NEVER:
+                self.budget_total[k] -= int(start_budget[k] - budget[k])
+            mine = ok & (which == k)
+            if not mine.any():
+                continue
+            rows, at = users[mine], times[mine]
+            u = self.streams.draw(st.CAMPAIGN_OFFER, rows, day, N_OFFER_DRAWS, np.full(len(rows), k))
+            channel = (np.full(len(rows), laws.CHANNELS.index(c.marks["channel"])) if "channel" in c.marks
+                       else chunk.session_channel(rows, u[:, 16], u[:, 17]))
+            offer = np.full(len(rows), laws.PRODUCTS.index(c.marks["product"]))
+            chunk.respond(day, rows, at, channel, offer, u, campaign=k)
+            self.pending[k][rows] = False
+
+
+def _condition(c, cond: dict) -> tuple[int, list[tuple[int, int]]]:
+    """A ``not_had`` entry as (event type code, [(EventBuffer column, code)])."""
+    cond = dict(cond)
+    event_type = cond.pop("event_type")
+    if event_type not in E:
+        raise TwinsimError(f"campaign {c.name!r}: not_had event_type {event_type!r} is not a world event type; "
+                           f"known: {list(laws.EVENT_TYPES)}")
+    marks = []
+    for name, value in cond.items():
+        if name not in MARK_CODES or value not in MARK_CODES[name]:
+            raise TwinsimError(f"campaign {c.name!r}: not_had {name} = {value!r} is not a world mark; e.g. "
+                               '{ event_type = "offer_purchase", product = "travel_card" }')
+        marks.append((MARK_COLUMN[name], MARK_CODES[name].index(value)))
+    return E[event_type], marks
