@@ -270,7 +270,8 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
               help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends).")
 @click.option("--days", default=30, show_default=True, help="Simulated days.")
 @click.option("--scenario", default="baseline", show_default=True,
-              help="A scenario TOML file, or a built-in: baseline, travel_card_push.")
+              help="A scenario TOML file (docs/scenarios.md), or a built-in: baseline, travel_card_push, "
+                   "travel_card_at_login, downturn.")
 @click.option("--seed", default=0, show_default=True, help="Seed of every user's random streams.")
 @click.option("--history-days", default=30, show_default=True,
               help="Days of history sampled for new customers before --start (written to history/).")
