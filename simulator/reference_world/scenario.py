@@ -55,7 +55,7 @@ def check_scenario(scenario, where: str) -> None:
         if extra:
             raise TwinsimError(f"{where}: campaign {c.name!r} marks {sorted(extra)}: the world's offers carry only "
                                'product and channel, e.g. marks = { product = "travel_card", channel = "app" }')
-    for s in getattr(scenario, "shocks", ()):
+    for s in scenario.shocks:
         if s.column != "macro_index":
             raise TwinsimError(f"{where}: shock on {s.column!r}; the reference world's only context column is "
                                'macro_index, e.g. [[shock]] column = "macro_index", start = 30, end = 90, shift = -15')
@@ -63,16 +63,12 @@ def check_scenario(scenario, where: str) -> None:
 
 def shocked_calendar(cal: Calendar, scenario, start: date) -> Calendar:
     """The calendar with the scenario's shocks on ``macro_index`` (days [start, end), in order)."""
-    shocks = getattr(scenario, "shocks", ())
-    if not shocks:
+    if not scenario.shocks:
         return cal
     macro = cal.macro_index.copy()
-    for s in shocks:
+    for s in scenario.shocks:
         a, b = (min(max(_day_number(v, start), 0), cal.days) for v in (s.start, s.end))
-        if getattr(s, "set", None) is not None:
-            macro[a:b] = s.set
-        if getattr(s, "shift", None) is not None:
-            macro[a:b] += s.shift
+        macro[a:b] = s.apply(macro[a:b])
     return replace(cal, macro_index=macro)
 
 
@@ -124,19 +120,19 @@ class ScenarioAgent:
             for name, values in c.segment.items():
                 codes, vocabulary = attrs[name]
                 eligible &= np.isin(codes, [vocabulary.index(v) for v in values])
-            for name, (low, high) in (getattr(c, "attributes", None) or {}).items():
+            for name, (low, high) in c.attributes.items():
                 values = attrs[name][0]
                 eligible &= values >= (-np.inf if low is None else low)
                 eligible &= values < (np.inf if high is None else high)
             u_reach, u_control = streams.draw(st.CAMPAIGN_ASSIGN, idx, 0, 2, np.full(n, k)).T
             reached = eligible & (u_reach < c.reach)
-            control = reached & (u_control < (getattr(c, "control", 0.0) or 0.0))
+            control = reached & (u_control < c.control)
             self.arms.append((reached & ~control, control))
-            self.budget_total.append(_share(getattr(c, "budget_total", None), pop.first_id, n, users))
-            self.budget_day.append(_share(getattr(c, "budget_per_day", None), pop.first_id, n, users))
+            self.budget_total.append(_share(c.budget_total, pop.first_id, n, users))
+            self.budget_day.append(_share(c.budget_per_day, pop.first_id, n, users))
             self.pending.append(np.zeros(n, dtype=bool))
-            self.not_had.append([(_condition(c, cond), np.full(n, NEVER)) for cond in getattr(c, "not_had", ())])
-        cap = getattr(scenario, "cap", None)
+            self.not_had.append([(_condition(c, cond), np.full(n, NEVER)) for cond in c.not_had])
+        cap = scenario.cap
         self.cap_days = int(cap.days) if cap is not None else 0
         self.recent = np.full((n, int(cap.exposures) if cap is not None else 1), -(10**9), dtype=np.int64)
         self.last_active = np.full(n, -(10**9), dtype=np.int64)
@@ -156,7 +152,7 @@ class ScenarioAgent:
         user, seconds = cols[0], cols[1]
         for conditions in self.not_had:
             for (etype, marks), first in conditions:
-                hit = cols[2] == etype
+                hit = (cols[2] == etype) if etype >= 0 else np.ones(len(user), dtype=bool)
                 for column, code in marks:
                     hit &= cols[column] == code
                 np.minimum.at(first, user[hit], seconds[hit])
@@ -172,8 +168,7 @@ class ScenarioAgent:
             if not begin <= day < end:
                 continue
             treated = self.arms[k][0]
-            at = getattr(c, "at", None)
-            if at is None:
+            if c.at is None:
                 if day not in self.days[k]:
                     continue
                 cand = np.flatnonzero(treated)
@@ -184,7 +179,7 @@ class ScenarioAgent:
                 if day in self.days[k]:
                     pending[:] = treated
                 first = np.full(self.n, NEVER)
-                hit = today[2] == E[at]
+                hit = today[2] == E[c.at]
                 np.minimum.at(first, today[0][hit], today[1][hit])
                 cand = np.flatnonzero(pending & (first < NEVER))
                 u = self.streams.draw(st.CAMPAIGN_TIME, cand, day, 1, np.full(len(cand), k))[:, 0]
@@ -192,9 +187,8 @@ class ScenarioAgent:
             keep = t < chunk.closed_at[cand]
             for _, first_had in self.not_had[k]:
                 keep &= first_had[cand] >= t
-            active_days = getattr(c, "active_days", None)
-            if active_days is not None:
-                keep &= active_before[cand] >= day - active_days
+            if c.active_days is not None:
+                keep &= active_before[cand] >= day - c.active_days
             users.append(cand[keep])
             times.append(t[keep])
             which.append(np.full(keep.sum(), k))
@@ -225,10 +219,10 @@ class ScenarioAgent:
 
 
 def _condition(c, cond: dict) -> tuple[int, list[tuple[int, int]]]:
-    """A ``not_had`` entry as (event type code, [(EventBuffer column, code)])."""
+    """A ``not_had`` entry as (event type code or -1 for any, [(EventBuffer column, code)])."""
     cond = dict(cond)
-    event_type = cond.pop("event_type")
-    if event_type not in E:
+    event_type = cond.pop("event_type", None)
+    if event_type is not None and event_type not in E:
         raise TwinsimError(f"campaign {c.name!r}: not_had event_type {event_type!r} is not a world event type; "
                            f"known: {list(laws.EVENT_TYPES)}")
     marks = []
@@ -237,4 +231,4 @@ def _condition(c, cond: dict) -> tuple[int, list[tuple[int, int]]]:
             raise TwinsimError(f"campaign {c.name!r}: not_had {name} = {value!r} is not a world mark; e.g. "
                                '{ event_type = "offer_purchase", product = "travel_card" }')
         marks.append((MARK_COLUMN[name], MARK_CODES[name].index(value)))
-    return E[event_type], marks
+    return (-1 if event_type is None else E[event_type]), marks
