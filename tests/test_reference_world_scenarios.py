@@ -223,3 +223,29 @@ def test_scenarios_are_deterministic_and_the_world_refuses_campaigns_it_cannot_r
         run(tmp_path, "login-push", campaign(event_type='"login"', marks="{ channel = \"app\" }"))
     with pytest.raises(TwinsimError, match="no product mark"):
         run(tmp_path, "no-product", campaign(marks='{ channel = "app" }'))
+
+
+def test_the_command_line_runs_a_built_in_scenario_and_refuses_a_bad_one(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runner = CliRunner()
+    base, out = tmp_path / "base", tmp_path / "down"
+    for path, extra in ((base, []), (out, ["--scenario", "downturn"])):
+        result = runner.invoke(main, ["reference-world", "--users", "60", "--days", "40", "--seed", "2", "-o",
+                                      str(path), "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"events.parquet", "users.parquet", "context.parquet", "world.json",
+                                               "exposures.parquet", "assignments.parquet"}
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["scenario"]["name"] == "downturn" and manifest["exposures"] == {}
+    shift = (pd.read_parquet(out / "context.parquet")["macro_index"]
+             - pd.read_parquet(base / "context.parquet")["macro_index"]).to_numpy()
+    np.testing.assert_allclose(shift, np.r_[np.zeros(30), np.full(10, -15.0)])
+    bad = tmp_path / "bad.toml"
+    bad.write_text(campaign(event_type='"fee"', marks='{ product = "travel_card" }'))
+    result = runner.invoke(main, ["reference-world", "--users", "10", "--days", "20", "--scenario", str(bad), "-o",
+                                  str(tmp_path / "never"), "--quiet"])
+    assert result.exit_code == 2 and "only responds to offer_shown" in result.output
+    assert not (tmp_path / "never").exists()
