@@ -249,3 +249,14 @@ def test_the_command_line_runs_a_built_in_scenario_and_refuses_a_bad_one(tmp_pat
                                   str(tmp_path / "never"), "--quiet"])
     assert result.exit_code == 2 and "only responds to offer_shown" in result.output
     assert not (tmp_path / "never").exists()
+
+
+def test_a_scenario_world_is_prefix_stable(tmp_path):
+    text = (campaign(at='"login"', control="0.2", budget="{ per_day = 40 }")
+            + '[[shock]]\ncolumn = "macro_index"\nstart = 20\nend = 80\nshift = -10.0\n')
+    short, long = (run(tmp_path, f"d{days}", text, WorldConfig(users=300, days=days, seed=7)) for days in (50, 90))
+    cut = START + pd.Timedelta(days=50)
+    for table in ("events", "exposures"):
+        pd.testing.assert_frame_equal(short[table], long[table][long[table]["timestamp"] < cut].reset_index(drop=True))
+    pd.testing.assert_frame_equal(short["assignments"], long["assignments"])
+    pd.testing.assert_frame_equal(short["context"], long["context"].iloc[:50])

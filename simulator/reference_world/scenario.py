@@ -136,6 +136,8 @@ class ScenarioAgent:
         self.cap_days = int(cap.days) if cap is not None else 0
         self.recent = np.full((n, int(cap.exposures) if cap is not None else 1), -(10**9), dtype=np.int64)
         self.last_active = np.full(n, -(10**9), dtype=np.int64)
+        self.track_active = any(c.active_days is not None for c in self.campaigns)
+        self.last_day = max((end for _, end in self.window), default=0)  # nothing to do from this day on
         self.seen = 0  # EventBuffer parts already read into the trackers
 
     def assignments(self) -> dict[str, np.ndarray]:
@@ -147,8 +149,10 @@ class ScenarioAgent:
 
     def _read(self, chunk: Chunk) -> None:
         """Fold the events added since the last read into ``not_had`` first times and last active days."""
-        cols = chunk.out.columns(self.seen)
-        self.seen = len(chunk.out.parts)
+        first_part, self.seen = self.seen, len(chunk.out.parts)
+        if not self.track_active and not any(self.not_had):
+            return
+        cols = chunk.out.columns(first_part)
         user, seconds = cols[0], cols[1]
         for conditions in self.not_had:
             for (etype, marks), first in conditions:
@@ -156,12 +160,15 @@ class ScenarioAgent:
                 for column, code in marks:
                     hit &= cols[column] == code
                 np.minimum.at(first, user[hit], seconds[hit])
-        np.maximum.at(self.last_active, user, seconds // DAY)
+        if self.track_active:
+            np.maximum.at(self.last_active, user, seconds // DAY)
 
     def on_day(self, chunk: Chunk, day: int, first_part: int) -> None:
+        if day >= self.last_day:
+            return
         active_before = self.last_active.copy()  # through yesterday's events: "active in the N days before"
         self._read(chunk)
-        today = chunk.out.columns(first_part)
+        today = None
         users, times, which = [], [], []
         for k, c in enumerate(self.campaigns):
             begin, end = self.window[k]
@@ -178,6 +185,8 @@ class ScenarioAgent:
                 pending = self.pending[k]
                 if day in self.days[k]:
                     pending[:] = treated
+                if today is None:
+                    today = chunk.out.columns(first_part)
                 first = np.full(self.n, NEVER)
                 hit = today[2] == E[c.at]
                 np.minimum.at(first, today[0][hit], today[1][hit])
