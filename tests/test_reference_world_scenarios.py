@@ -260,3 +260,18 @@ def test_a_scenario_world_is_prefix_stable(tmp_path):
         pd.testing.assert_frame_equal(short[table], long[table][long[table]["timestamp"] < cut].reset_index(drop=True))
     pd.testing.assert_frame_equal(short["assignments"], long["assignments"])
     pd.testing.assert_frame_equal(short["context"], long["context"].iloc[:50])
+
+
+def test_every_built_in_scenario_speaks_the_world_vocabulary(baseline):
+    from twinsim.scenarios.scenario import builtin_names, load_scenario
+    from twinsim.simulator.reference_world import world_vocabulary
+    from twinsim.simulator.reference_world.scenario import check_scenario
+
+    vocabulary = world_vocabulary()
+    assert vocabulary.terminal_types == ["account_closed"] and vocabulary.context_columns == ["macro_index"]
+    users = baseline["users"]
+    assert set(vocabulary.categorical_attributes) | set(vocabulary.numeric_attributes) == set(users) - {"user_id"}
+    for name, values in vocabulary.categorical_attributes.items():
+        assert set(users[name].astype(str)) <= set(values)
+    for name in builtin_names():
+        check_scenario(load_scenario(name, vocabulary, run_start=pd.Timestamp(SMALL.start)), name)
