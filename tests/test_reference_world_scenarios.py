@@ -219,9 +219,10 @@ def test_scenarios_are_deterministic_and_the_world_refuses_campaigns_it_cannot_r
     a, b = run(tmp_path, "a", text), run(tmp_path, "b", text)
     for table in ("events", "exposures", "assignments"):
         assert pq.read_table(a["dir"] / f"{table}.parquet").equals(pq.read_table(b["dir"] / f"{table}.parquet"))
-    with pytest.raises(TwinsimError, match="only responds to offer_shown"):
+    with pytest.raises(TwinsimError, match="#1 .'push'.: event_type: 'login' cannot run in the reference world, "
+                                           "which only responds to offer_shown"):
         run(tmp_path, "login-push", campaign(event_type='"login"', marks="{ channel = \"app\" }"))
-    with pytest.raises(TwinsimError, match="no product mark"):
+    with pytest.raises(TwinsimError, match="marks: no product mark"):
         run(tmp_path, "no-product", campaign(marks='{ channel = "app" }'))
 
 

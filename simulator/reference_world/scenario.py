@@ -42,23 +42,26 @@ def _day_number(value, start: date) -> int:
 
 
 def check_scenario(scenario, where: str) -> None:
-    """Refuse what the world cannot act out, naming the campaign and how to fix it."""
-    for c in scenario.campaigns:
+    """Refuse what the world cannot act out; errors name the file, the table and the key, with an example."""
+    example = 'e.g. event_type = "offer_shown" with marks = { product = "travel_card", channel = "app" }'
+    for i, c in enumerate(scenario.campaigns):
+        table = f"{where}: [[campaign]] #{i + 1} ({c.name!r})"
         if c.event_type != "offer_shown":
-            raise TwinsimError(f"{where}: campaign {c.name!r} imposes {c.event_type!r}; the reference world only "
-                               "responds to offer_shown campaigns (its customers click and buy offers). Use "
-                               'event_type = "offer_shown" with marks = { product = "travel_card" }')
+            raise TwinsimError(f"{table}: event_type: {c.event_type!r} cannot run in the reference world, which only "
+                               f"responds to offer_shown campaigns (its customers click and buy offers); {example}")
         if "product" not in c.marks:
-            raise TwinsimError(f"{where}: campaign {c.name!r} has no product mark; the world's customers respond "
-                               'to a product, e.g. marks = { product = "travel_card", channel = "app" }')
+            raise TwinsimError(f"{table}: marks: no product mark; the world's customers respond to a product; "
+                               f"{example}")
         extra = set(c.marks) - {"product", "channel"}
         if extra:
-            raise TwinsimError(f"{where}: campaign {c.name!r} marks {sorted(extra)}: the world's offers carry only "
-                               'product and channel, e.g. marks = { product = "travel_card", channel = "app" }')
-    for s in scenario.shocks:
+            raise TwinsimError(f"{table}: marks: {sorted(extra)} are not marks of the world's offers, which carry "
+                               f"only product and channel; {example}")
+        for cond in c.not_had:
+            _condition(table, cond)
+    for i, s in enumerate(scenario.shocks):
         if s.column != "macro_index":
-            raise TwinsimError(f"{where}: shock on {s.column!r}; the reference world's only context column is "
-                               'macro_index, e.g. [[shock]] column = "macro_index", start = 30, end = 90, shift = -15')
+            raise TwinsimError(f"{where}: [[shock]] #{i + 1}: column: {s.column!r} is not a context column of the "
+                               'reference world, whose only one is macro_index; e.g. column = "macro_index"')
 
 
 def shocked_calendar(cal: Calendar, scenario, start: date) -> Calendar:
@@ -131,7 +134,7 @@ class ScenarioAgent:
             self.budget_total.append(_share(c.budget_total, pop.first_id, n, users))
             self.budget_day.append(_share(c.budget_per_day, pop.first_id, n, users))
             self.pending.append(np.zeros(n, dtype=bool))
-            self.not_had.append([(_condition(c, cond), np.full(n, NEVER)) for cond in c.not_had])
+            self.not_had.append([(_condition(c.name, cond), np.full(n, NEVER)) for cond in c.not_had])
         cap = scenario.cap
         self.cap_days = int(cap.days) if cap is not None else 0
         self.recent = np.full((n, int(cap.exposures) if cap is not None else 1), -(10**9), dtype=np.int64)
@@ -227,17 +230,17 @@ class ScenarioAgent:
             self.pending[k][rows] = False
 
 
-def _condition(c, cond: dict) -> tuple[int, list[tuple[int, int]]]:
+def _condition(where: str, cond: dict) -> tuple[int, list[tuple[int, int]]]:
     """A ``not_had`` entry as (event type code or -1 for any, [(EventBuffer column, code)])."""
     cond = dict(cond)
     event_type = cond.pop("event_type", None)
+    example = 'e.g. not_had = [{ event_type = "offer_purchase", product = "travel_card" }]'
     if event_type is not None and event_type not in E:
-        raise TwinsimError(f"campaign {c.name!r}: not_had event_type {event_type!r} is not a world event type; "
-                           f"known: {list(laws.EVENT_TYPES)}")
+        raise TwinsimError(f"{where}: not_had: {event_type!r} is not a world event type ({list(laws.EVENT_TYPES)}); "
+                           f"{example}")
     marks = []
     for name, value in cond.items():
         if name not in MARK_CODES or value not in MARK_CODES[name]:
-            raise TwinsimError(f"campaign {c.name!r}: not_had {name} = {value!r} is not a world mark; e.g. "
-                               '{ event_type = "offer_purchase", product = "travel_card" }')
+            raise TwinsimError(f"{where}: not_had: {name} = {value!r} is not a mark of the world; {example}")
         marks.append((MARK_COLUMN[name], MARK_CODES[name].index(value)))
     return (-1 if event_type is None else E[event_type]), marks
