@@ -83,77 +83,83 @@ def _share(total: int | None, first: int, n: int, users: int) -> int:
 
 
 @nb.njit(cache=True)
-def _admit(users, campaigns, day, recent, cap_days, budget):
-    """Admit candidate exposures in order (sorted by time): each campaign's budget left today, and at most
-    ``recent.shape[1]`` exposures a customer in any ``cap_days`` days (``recent``: their latest exposure days,
-    updated). ``cap_days == 0``: no cap."""
+def _admit(users, campaigns, times, recent, cap_s, budget):
+    """Admit opportunities in time order: at most ``recent.shape[1]`` exposures a customer in any ``cap_s``
+    seconds (``recent``: their latest exposure times, updated; ``cap_s == 0``: no cap), then each campaign's
+    budget left today (first come, first served)."""
     ok = np.zeros(users.shape[0], dtype=np.bool_)
     for i in range(users.shape[0]):
         u, k = users[i], campaigns[i]
-        if budget[k] <= 0:
-            continue
-        if cap_days > 0:
-            oldest = 0
+        oldest = 0
+        if cap_s > 0:
             for s in range(recent.shape[1]):
                 if recent[u, s] < recent[u, oldest]:
                     oldest = s
-            if recent[u, oldest] > day - cap_days:
+            if recent[u, oldest] > times[i] - cap_s:
                 continue
-            recent[u, oldest] = day
+        if budget[k] <= 0:
+            continue
+        if cap_s > 0:
+            recent[u, oldest] = times[i]
         budget[k] -= 1
         ok[i] = True
     return ok
 
 
 class ScenarioAgent:
-    """A scenario's campaigns acting on one chunk of customers at the end of every day (``behaviour.DayAgent``)."""
+    """A scenario's campaigns acting on one chunk of customers at the end of every day (``behaviour.DayAgent``).
+
+    Each campaign gives each customer it reaches (a draw per period) an opportunity per period, decided as
+    docs/scenarios.md says, in time order: eligibility (static, ``not_had``, ``active_days``), assignment at
+    the first eligible one (``control`` customers are never exposed), the frequency cap, the budget.
+    """
 
     def __init__(self, scenario, pop: Population, cal: Calendar, streams: st.Streams, users: int,
                  start: date) -> None:
         n = len(pop)
         self.campaigns, self.streams, self.n = scenario.campaigns, streams, n
         attrs = attribute_codes(pop)
-        self.window, self.days, self.arms = [], [], []
-        self.budget_total, self.budget_day, self.pending, self.not_had = [], [], [], []
+        self.window, self.days, self.static, self.control, self.arm = [], [], [], [], []
+        self.budget_total, self.budget_day, self.armed, self.delay, self.not_had = [], [], [], [], []
         idx = np.arange(n)
         for k, c in enumerate(self.campaigns):
             self.window.append((_day_number(c.start, start), _day_number(c.end, start)))
-            self.days.append({_day_number(d, start) for d in c.exposure_days()})
-            eligible = np.ones(n, dtype=bool)
+            self.days.append([_day_number(d, start) for d in c.exposure_days()])
+            static = np.ones(n, dtype=bool)
             for name, values in c.segment.items():
                 codes, vocabulary = attrs[name]
-                eligible &= np.isin(codes, [vocabulary.index(v) for v in values])
+                static &= np.isin(codes, [vocabulary.index(v) for v in values])
             for name, (low, high) in c.attributes.items():
                 values = attrs[name][0]
-                eligible &= values >= (-np.inf if low is None else low)
-                eligible &= values < (np.inf if high is None else high)
-            u_reach, u_control = streams.draw(st.CAMPAIGN_ASSIGN, idx, 0, 2, np.full(n, k)).T
-            reached = eligible & (u_reach < c.reach)
-            control = reached & (u_control < c.control)
-            self.arms.append((reached & ~control, control))
+                static &= values >= (-np.inf if low is None else low)
+                static &= values < (np.inf if high is None else high)
+            self.static.append(static)
+            self.control.append(streams.draw(st.CAMPAIGN_ASSIGN, idx, 0, 1, np.full(n, k))[:, 0] < c.control)
+            self.arm.append(np.zeros(n, dtype=np.int8))  # 0: not assigned yet, 1: treatment, 2: control
             self.budget_total.append(_share(c.budget_total, pop.first_id, n, users))
             self.budget_day.append(_share(c.budget_per_day, pop.first_id, n, users))
-            self.pending.append(np.zeros(n, dtype=bool))
+            self.armed.append(np.full(n, -1, dtype=np.int64))  # at: the period's end (seconds) while armed
+            self.delay.append(np.zeros(n, dtype=np.int64))
             self.not_had.append([(_condition(c.name, cond), np.full(n, NEVER)) for cond in c.not_had])
         cap = scenario.cap
-        self.cap_days = int(cap.days) if cap is not None else 0
-        self.recent = np.full((n, int(cap.exposures) if cap is not None else 1), -(10**9), dtype=np.int64)
-        self.last_active = np.full(n, -(10**9), dtype=np.int64)
-        self.track_active = any(c.active_days is not None for c in self.campaigns)
+        self.cap_s = int(cap.days) * DAY if cap is not None else 0  # exposures >= 1 (load_scenario)
+        self.recent = np.full((n, int(cap.exposures) if cap is not None else 1), -NEVER, dtype=np.int64)
+        self.last_own = np.full(n, -NEVER, dtype=np.int64)  # the latest own event (not an exposure) so far
+        self.track_own = any(c.active_days is not None for c in self.campaigns)
         self.last_day = max((end for _, end in self.window), default=0)  # nothing to do from this day on
         self.seen = 0  # EventBuffer parts already read into the trackers
 
     def assignments(self) -> dict[str, np.ndarray]:
-        """Every reached customer: ``user`` (local index), ``campaign`` (index), ``control`` (bool)."""
-        rows = [(np.flatnonzero(t | c), k, c[t | c]) for k, (t, c) in enumerate(self.arms)]
+        """Every assigned customer: ``user`` (local index), ``campaign`` (index), ``control`` (bool)."""
+        rows = [(np.flatnonzero(arm > 0), k, arm[arm > 0] == 2) for k, arm in enumerate(self.arm)]
         return {"user": np.concatenate([r[0] for r in rows] or [np.empty(0, np.int64)]),
                 "campaign": np.concatenate([np.full(len(r[0]), r[1]) for r in rows] or [np.empty(0, np.int64)]),
                 "control": np.concatenate([r[2] for r in rows] or [np.empty(0, bool)])}
 
     def _read(self, chunk: Chunk) -> None:
-        """Fold the events added since the last read into ``not_had`` first times and last active days."""
+        """Fold the events added since the last read into ``not_had`` first times and the latest own event."""
         first_part, self.seen = self.seen, len(chunk.out.parts)
-        if not self.track_active and not any(self.not_had):
+        if not self.track_own and not any(self.not_had):
             return
         cols = chunk.out.columns(first_part)
         user, seconds = cols[0], cols[1]
@@ -163,47 +169,63 @@ class ScenarioAgent:
                 for column, code in marks:
                     hit &= cols[column] == code
                 np.minimum.at(first, user[hit], seconds[hit])
-        if self.track_active:
-            np.maximum.at(self.last_active, user, seconds // DAY)
+        if self.track_own:
+            own = cols[8] < 0
+            np.maximum.at(self.last_own, user[own], seconds[own])
+
+    def _first_today(self, today, etype: int | None) -> np.ndarray:
+        """Each customer's first own event of the day (of type ``etype``, or of any), NEVER if none."""
+        first = np.full(self.n, NEVER)
+        hit = today[8] < 0 if etype is None else today[2] == etype
+        np.minimum.at(first, today[0][hit], today[1][hit])
+        return first
 
     def on_day(self, chunk: Chunk, day: int, first_part: int) -> None:
         if day >= self.last_day:
             return
-        active_before = self.last_active.copy()  # through yesterday's events: "active in the N days before"
+        own_before = self.last_own.copy()  # the latest own event of the days before
         self._read(chunk)
-        today = None
+        today = chunk.out.columns(first_part)
+        own_today = self._first_today(today, None) if self.track_own else None
         users, times, which = [], [], []
         for k, c in enumerate(self.campaigns):
             begin, end = self.window[k]
             if not begin <= day < end:
                 continue
-            treated = self.arms[k][0]
+            opens = day in self.days[k]
+            if opens:  # the period's reach: each customer's own draw for this campaign and day
+                static = np.flatnonzero(self.static[k])
+                u_reach, u_time = self.streams.draw(st.CAMPAIGN_TIME, static, day, 2, np.full(len(static), k)).T
+                reached, u_time = static[u_reach < c.reach], u_time[u_reach < c.reach]
             if c.at is None:
-                if day not in self.days[k]:
+                if not opens:
                     continue
-                cand = np.flatnonzero(treated)
-                u = self.streams.draw(st.CAMPAIGN_TIME, cand, day, 1, np.full(len(cand), k))[:, 0]
-                t = day * DAY + c.hours[0] * 3600 + np.floor(u * (c.hours[1] - c.hours[0]) * 3600).astype(np.int64)
+                cand = reached
+                t = day * DAY + (c.hours[0] * 3600 + np.floor(u_time * (c.hours[1] - c.hours[0]) * 3600)).astype(int)
             else:
-                pending = self.pending[k]
-                if day in self.days[k]:
-                    pending[:] = treated
-                if today is None:
-                    today = chunk.out.columns(first_part)
-                first = np.full(self.n, NEVER)
-                hit = today[2] == E[c.at]
-                np.minimum.at(first, today[0][hit], today[1][hit])
-                cand = np.flatnonzero(pending & (first < NEVER))
-                u = self.streams.draw(st.CAMPAIGN_TIME, cand, day, 1, np.full(len(cand), k))[:, 0]
-                t = first[cand] + st.integers(u, 1, 21)
+                armed = self.armed[k]
+                if opens:
+                    period_end = min([d for d in self.days[k] if d > day] + [end]) * DAY
+                    armed[:] = -1
+                    armed[reached] = period_end
+                    self.delay[k][reached] = st.integers(u_time, 2, 11)
+                trigger = self._first_today(today, E[c.at])
+                cand = np.flatnonzero((trigger < armed) & (armed > 0))
+                t = trigger[cand] + self.delay[k][cand]
+                armed[cand] = -1  # an opportunity is decided once: a triggered one does not wait for the next
             keep = t < chunk.closed_at[cand]
             for _, first_had in self.not_had[k]:
                 keep &= first_had[cand] >= t
             if c.active_days is not None:
-                keep &= active_before[cand] >= day - c.active_days
-            users.append(cand[keep])
-            times.append(t[keep])
-            which.append(np.full(keep.sum(), k))
+                keep &= (own_today[cand] < t) | (own_before[cand] >= t - c.active_days * DAY)
+            cand, t = cand[keep], t[keep]
+            arm = self.arm[k]
+            new = cand[arm[cand] == 0]
+            arm[new] = np.where(self.control[k][new], 2, 1)
+            treated = arm[cand] == 1
+            users.append(cand[treated])
+            times.append(t[treated])
+            which.append(np.full(treated.sum(), k))
         if users:
             self._expose(chunk, day, np.concatenate(users), np.concatenate(times), np.concatenate(which))
         self._read(chunk)
@@ -214,7 +236,7 @@ class ScenarioAgent:
         budget = np.array([min(total, per_day) for total, per_day in zip(self.budget_total, self.budget_day,
                                                                           strict=True)], dtype=np.int64)
         start_budget = budget.copy()
-        ok = _admit(users, which, day, self.recent, self.cap_days, budget)
+        ok = _admit(users, which, times, self.recent, self.cap_s, budget)
         for k, c in enumerate(self.campaigns):
             if self.budget_total[k] != NEVER:
                 self.budget_total[k] -= int(start_budget[k] - budget[k])
@@ -227,7 +249,6 @@ class ScenarioAgent:
                        else chunk.session_channel(rows, u[:, 16], u[:, 17]))
             offer = np.full(len(rows), laws.PRODUCTS.index(c.marks["product"]))
             chunk.respond(day, rows, at, channel, offer, u, campaign=k)
-            self.pending[k][rows] = False
 
 
 def _condition(where: str, cond: dict) -> tuple[int, list[tuple[int, int]]]:
