@@ -160,10 +160,13 @@ def _write_scenario_tables(tmp: Path, scenario: Scenario, exposures: list, assig
         frame.to_parquet(tmp / f"{name}.parquet", index=False)
         tables[name] = frame
     ex, asg = tables["exposures"], tables["assignments"]
-    per_campaign = {
-        name: {"exposures": int((ex["campaign"] == name).sum()),
-               "customers_exposed": int(ex.loc[ex["campaign"] == name, "user_id"].nunique()),
-               "treatment": int(((asg["campaign"] == name) & (asg["arm"] == "treatment")).sum()),
-               "control": int(((asg["campaign"] == name) & (asg["arm"] == "control")).sum())}
-        for name in names}
+    per_campaign = {}
+    for c in scenario.campaigns:
+        mine, arms = ex[ex["campaign"] == c.name], asg.loc[asg["campaign"] == c.name, "arm"]
+        per_day = mine["timestamp"].dt.date.value_counts().sort_index()
+        per_campaign[c.name] = {
+            "exposures": len(mine), "customers_exposed": int(mine["user_id"].nunique()),
+            "treatment": int((arms == "treatment").sum()), "control": int((arms == "control").sum()),
+            "budget_total": c.budget_total, "budget_per_day": c.budget_per_day,
+            "exposures_per_day": {str(d): int(k) for d, k in per_day.items()}}
     return {"scenario": scenario.to_json(), "exposures": per_campaign}
