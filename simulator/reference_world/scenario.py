@@ -30,6 +30,7 @@ from twinsim.simulator.reference_world.calendar import Calendar
 from twinsim.simulator.reference_world.population import Population, attribute_codes
 
 NEVER = np.iinfo(np.int64).max
+MAX_CAMPAIGNS = 127  # an event's campaign is an int8 in behaviour.EventBuffer
 MARK_CODES = {"channel": laws.CHANNELS, "merchant_category": laws.MERCHANTS, "product": laws.PRODUCTS}
 MARK_COLUMN = {"channel": 4, "merchant_category": 5, "product": 6}  # in EventBuffer.columns()
 
@@ -44,6 +45,9 @@ def _day_number(value, start: date) -> int:
 def check_scenario(scenario, where: str) -> None:
     """Refuse what the world cannot act out; errors name the file, the table and the key, with an example."""
     example = 'e.g. event_type = "offer_shown" with marks = { product = "travel_card", channel = "app" }'
+    if len(scenario.campaigns) > MAX_CAMPAIGNS:
+        raise TwinsimError(f"{where}: [[campaign]]: {len(scenario.campaigns)} campaigns; the reference world runs at "
+                           f"most {MAX_CAMPAIGNS} at once (split the scenario into several runs)")
     for i, c in enumerate(scenario.campaigns):
         table = f"{where}: [[campaign]] #{i + 1} ({c.name!r})"
         if c.event_type != "offer_shown":
