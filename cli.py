@@ -64,17 +64,23 @@ def _parse_date(ctx, param, value: str | None) -> date | None:
               help="Directory to write (must be new or empty unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--scenario", default=None,
+              help="A scenario the world's customers live through (TOML file, docs/scenarios.md, or a built-in "
+                   "such as travel_card_at_login or downturn); writes exposures.parquet and assignments.parquet. "
+                   "Same seed without it: the baseline world.")
 def reference_world(users: int, days: int, start: date, seed: int, output: Path, overwrite: bool,
-                    quiet: bool) -> None:
+                    quiet: bool, scenario: str | None) -> None:
     """Generate the reference bank world: events + users in the data contract.
 
     An agent-based stand-in for a bank's private event log (logins, income, card payments, offers and
     responses, life-stage chains, a macro downturn, churn). Its laws are in docs/reference-world.md.
-    Writes events.parquet, users.parquet, context.parquet and world.json.
+    Writes events.parquet, users.parquet, context.parquet and world.json. With --scenario the world's own
+    customers respond to its campaigns and its economy takes its shocks: the ground truth of a what-if.
 
     \b
-    Example:
+    Examples:
       twinsim reference-world --users 5000 --days 365 --seed 7 -o runs/world
+      twinsim reference-world --users 5000 --days 365 --seed 7 --scenario travel_card_at_login -o runs/world-push
     """
     from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
 
@@ -82,8 +88,12 @@ def reference_world(users: int, days: int, start: date, seed: int, output: Path,
     config.validate()
     with click.progressbar(length=users * days, label="simulating user-days", file=sys.stderr,
                            hidden=quiet) as bar:
-        manifest = generate_reference_world(config, output, overwrite=overwrite, progress=bar.update)
+        manifest = generate_reference_world(config, output, overwrite=overwrite, progress=bar.update,
+                                            scenario=scenario)
     counts, timing = manifest["counts"], manifest["timing"]
+    for name, c in manifest.get("exposures", {}).items():
+        click.echo(f"campaign {name}: {c['exposures']:,} exposures of {c['customers_exposed']:,} customers "
+                   f"({c['treatment']:,} assigned to treatment, {c['control']:,} to control)")
     click.echo(f"wrote {counts['events']:,} events of {counts['users']:,} users to {output} "
                f"({counts['users_closed']:,} closed their account) in {timing['seconds']:.1f} s "
                f"({timing['events_per_second']:,.0f} events/s)")
@@ -270,7 +280,8 @@ def generate(model_dir: Path, users: int, start: date, days: int, seed: int, whe
               help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends).")
 @click.option("--days", default=30, show_default=True, help="Simulated days.")
 @click.option("--scenario", default="baseline", show_default=True,
-              help="A scenario TOML file, or a built-in: baseline, travel_card_push.")
+              help="A scenario TOML file (docs/scenarios.md), or a built-in: baseline, travel_card_push, "
+                   "travel_card_at_login, downturn.")
 @click.option("--seed", default=0, show_default=True, help="Seed of every user's random streams.")
 @click.option("--history-days", default=30, show_default=True,
               help="Days of history sampled for new customers before --start (written to history/).")

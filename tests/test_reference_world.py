@@ -252,3 +252,37 @@ def test_the_short_gap_law_catches_events_that_come_too_soon(world):
     check = next(c for c in compare_laws(real, pd.concat([real, echo], ignore_index=True))
                  if c.law == "short_gap_share")
     assert check.synthetic > 1.05 * check.real and not check.passed
+
+
+def test_a_customer_is_the_same_whoever_else_is_in_the_world(tmp_path):
+    """Every draw is the customer's own (streams.py): the first 300 customers of a 500-customer world are the
+    300-customer world, events and users alike."""
+    for users in (300, 500):
+        generate_reference_world(WorldConfig(users=users, days=60, seed=3), tmp_path / str(users))
+    small, large = ({t: pd.read_parquet(tmp_path / d / f"{t}.parquet") for t in ("events", "users")}
+                    for d in ("300", "500"))
+    for table in (small, large):
+        for frame in table.values():
+            frame["user_id"] = frame["user_id"].astype(str)
+    first = set(small["users"]["user_id"])
+    pd.testing.assert_frame_equal(small["users"], large["users"].iloc[:300])
+    pd.testing.assert_frame_equal(small["events"],
+                                  large["events"][large["events"]["user_id"].isin(first)].reset_index(drop=True))
+    assert large["events"]["user_id"].nunique() > 450
+
+
+def test_the_inverse_cdf_draws_follow_their_distributions():
+    from scipy import stats
+
+    from twinsim.simulator.reference_world import streams as st
+
+    u = st.Streams(seed=9, first_id=0).draw(st.DAILY, np.arange(200_000), day=4, n=4)
+    rate = np.full(len(u), 2.5)
+    counts = st.poisson(rate, u[:, 0])
+    assert abs(counts.mean() - 2.5) < 0.02 and abs(counts.var() - 2.5) < 0.05
+    assert stats.kstest(st.normal(u[:, 1]), "norm").pvalue > 1e-3
+    assert stats.kstest(st.gamma(u[:, 2], 3.0, 10.0), "gamma", args=(3.0, 0, 10.0)).pvalue > 1e-3
+    assert stats.kstest(st.pareto(u[:, 3], 2.5), "lomax", args=(2.5,)).pvalue > 1e-3
+    # two columns of one draw, and the same column of two days, are independent
+    other_day = st.Streams(seed=9, first_id=0).draw(st.DAILY, np.arange(200_000), day=5, n=1)[:, 0]
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.01 and abs(np.corrcoef(u[:, 0], other_day)[0, 1]) < 0.01

@@ -3,23 +3,26 @@
 Every law in ``laws.py`` is applied here to all users of the chunk at once, one day at a time. Events
 are collected as integer codes and turned into an Arrow table at the end of the chunk.
 
-Prefix stability: the chunk's random stream is consumed strictly day by day, and every draw an event
-needs (its sub-second jitter included) is made on the day the event happens. What day t draws therefore
-depends only on days 0..t, never on how many days the window has after t, so the first D days of a
-longer world are exactly a D-day world. Per-user or per-day streams would give the same guarantee but
-cost the vectorisation over users; one sequential stream per chunk keeps it.
+Randomness: every number is drawn from the customer's own stream (``streams.py``), keyed by the day, what
+is drawn and which of the day's draws it is (the third login, the second card payment), so nothing one
+customer does moves another customer's numbers. That pairs a baseline world with a scenario world
+(customers a scenario never touches are identical in both) and makes the world prefix-stable: what day
+t draws never depends on how many days the window has after t.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from twinsim.simulator.reference_world import laws
+from twinsim.simulator.reference_world import streams as st
 from twinsim.simulator.reference_world.calendar import Calendar
 from twinsim.simulator.reference_world.population import Population
+from twinsim.simulator.reference_world.streams import Streams
 
 DAY = 86_400
 E = {name: i for i, name in enumerate(laws.EVENT_TYPES)}
@@ -56,18 +59,21 @@ TAIL_MERCHANT = np.isin(laws.MERCHANTS, laws.HNW_TAIL_MERCHANTS)
 HNW = laws.SEGMENTS.index("high_net_worth")
 
 
+N_OFFER_DRAWS = 18  # columns of an OFFER / CAMPAIGN_OFFER draw (see Chunk.respond)
+
+
 class EventBuffer:
     """Collects events as arrays of codes; ``-1`` marks an empty categorical, NaN an empty amount.
 
-    Each event also gets its sub-second jitter (microseconds) from ``rng`` as it is added: drawn at the end
-    of the chunk instead, it would depend on how many events the whole window has (not prefix-stable).
+    Each event carries its own sub-second jitter (a uniform of the event's own draw, in microseconds) and
+    the index of the campaign whose exposure it is (``-1`` for all other events).
     """
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self._rng = rng
-        self._parts: list[tuple[np.ndarray, ...]] = []
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, ...]] = []
 
-    def add(self, user, seconds, event: str, amount=None, channel=None, merchant=None, product=None) -> None:
+    def add(self, user, seconds, event: str, jitter, amount=None, channel=None, merchant=None, product=None,
+            campaign: int = -1) -> None:
         n = len(user)
         if n == 0:
             return
@@ -75,7 +81,7 @@ class EventBuffer:
         def codes(values):
             return np.full(n, -1, np.int8) if values is None else np.asarray(values, np.int8)
 
-        self._parts.append((
+        self.parts.append((
             np.asarray(user, np.int64),
             np.asarray(seconds, np.int64),
             np.full(n, E[event], np.int8),
@@ -83,182 +89,236 @@ class EventBuffer:
             codes(channel),
             codes(merchant),
             codes(product),
-            self._rng.integers(0, 1_000_000, n, dtype=np.int32),
+            (np.asarray(jitter) * 1_000_000).astype(np.int32),
+            np.full(n, campaign, np.int8),
         ))
 
-    def columns(self) -> tuple[np.ndarray, ...]:
-        if not self._parts:
-            dtypes = (np.int64, np.int64, np.int8, np.float64, np.int8, np.int8, np.int8, np.int32)
+    def columns(self, since: int = 0) -> tuple[np.ndarray, ...]:
+        """The events added since part number ``since``, column by column."""
+        parts = self.parts[since:]
+        if not parts:
+            dtypes = (np.int64, np.int64, np.int8, np.float64, np.int8, np.int8, np.int8, np.int32, np.int8)
             return tuple(np.empty(0, dt) for dt in dtypes)
-        return tuple(np.concatenate(col) for col in zip(*self._parts, strict=True))
+        return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
 
 
-def _sample_cdf(rng: np.random.Generator, cdf_rows: np.ndarray) -> np.ndarray:
-    """One draw per row from row-wise cumulative distributions."""
-    return np.minimum((cdf_rows < rng.random(len(cdf_rows))[:, None]).sum(axis=1), cdf_rows.shape[1] - 1)
-
-
-def _clock(rng: np.random.Generator, day: int, hour_cdf_rows: np.ndarray) -> np.ndarray:
-    """Seconds since the window start for events on ``day`` with hours drawn from the given CDF rows."""
-    hour = _sample_cdf(rng, hour_cdf_rows)
-    return day * DAY + hour * 3600 + rng.integers(0, 3600, len(hour))
-
-
-def _session_channel(rng: np.random.Generator, pop: Population, users: np.ndarray) -> np.ndarray:
-    preferred = pop.channel[users]
-    other = _sample_cdf(rng, CHANNEL_CDF[pop.segment[users]])
-    return np.where(rng.random(len(users)) < laws.PREFERRED_CHANNEL_USE, preferred, other)
+def _clock(day: int, u_hour: np.ndarray, u_second: np.ndarray, hour_cdf) -> np.ndarray:
+    """Seconds since the window start for events on ``day`` with hours drawn from the given CDF (rows)."""
+    return day * DAY + st.categorical(u_hour, hour_cdf) * 3600 + st.integers(u_second, 0, 3600)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def simulate_chunk(
-    pop: Population, cal: Calendar, rng: np.random.Generator, on_day: Callable[[int], None] | None = None
-) -> pa.Table:
-    """Simulate ``cal.days`` days of the users in ``pop``; returns their events sorted by user and time."""
-    n, n_products = len(pop), len(laws.PRODUCTS)
-    idx = np.arange(n)
-    seg = pop.segment
-    out = EventBuffer(rng)
-    log_engagement = np.zeros(n)
-    balance = pop.monthly_income * rng.uniform(*laws.START_BALANCE_MONTHS, n)
-    overdraft_limit = laws.OVERDRAFT_LIMIT_MONTHS * pop.monthly_income
-    friction = np.zeros(n)
-    fatigue = np.zeros((n, n_products))
-    last_click = np.full((n, n_products), -10_000)
-    affinity = pop.affinity.copy()
-    chain_opened = np.full(n, -10_000)  # day of the last mortgage inquiry
-    insurance_due = np.full(n, -1)  # day a chained home-insurance inquiry is due (-1: none)
-    last_fee = np.full(n, -10_000)
-    closed_at = np.full(n, np.iinfo(np.int64).max)
-    alive = np.ones(n, dtype=bool)
-    pay_amount = np.where(pop.biweekly, pop.monthly_income * 12 / 26, pop.monthly_income)
+class DayAgent(Protocol):
+    """Something that acts on the chunk at the end of each day, after its own behaviour (a scenario)."""
 
-    for day in range(cal.days):
+    def on_day(self, chunk: Chunk, day: int, first_part: int) -> None: ...
+
+
+class Chunk:
+    """The hidden state of one chunk of customers, stepped a day at a time by ``step``."""
+
+    def __init__(self, pop: Population, cal: Calendar, streams: Streams) -> None:
+        n = len(pop)
+        self.pop, self.cal, self.streams, self.n = pop, cal, streams, n
+        self.idx = np.arange(n)
+        self.out = EventBuffer()
+        self.log_engagement = np.zeros(n)
+        self.balance = pop.start_balance.copy()
+        self.overdraft_limit = laws.OVERDRAFT_LIMIT_MONTHS * pop.monthly_income
+        self.friction = np.zeros(n)
+        self.fatigue = np.zeros((n, len(laws.PRODUCTS)))
+        self.last_click = np.full((n, len(laws.PRODUCTS)), -10_000)
+        self.affinity = pop.affinity.copy()
+        self.chain_opened = np.full(n, -10_000)  # day of the last mortgage inquiry
+        self.insurance_due = np.full(n, -1)  # day a chained home-insurance inquiry is due (-1: none)
+        self.last_fee = np.full(n, -10_000)
+        self.closed_at = np.full(n, np.iinfo(np.int64).max)
+        self.alive = np.ones(n, dtype=bool)
+        self.pay_amount = np.where(pop.biweekly, pop.monthly_income * 12 / 26, pop.monthly_income)
+
+    def session_channel(self, users: np.ndarray, u_preferred: np.ndarray, u_other: np.ndarray) -> np.ndarray:
+        other = st.categorical(u_other, CHANNEL_CDF[self.pop.segment[users]])
+        return np.where(u_preferred < laws.PREFERRED_CHANNEL_USE, self.pop.channel[users], other)
+
+    def step(self, day: int) -> None:
+        """One day of every law, in the order of docs/reference-world.md."""
+        pop, cal, out, idx, alive, seg = self.pop, self.cal, self.out, self.idx, self.alive, self.pop.segment
         wd = cal.weekday[day]
         macro = cal.macro_index[day] / 100.0
-        log_engagement += -laws.ENGAGEMENT_REVERSION * log_engagement + rng.normal(0, laws.ENGAGEMENT_NOISE, n)
-        engagement = np.exp(log_engagement)
-        fatigue *= laws.FATIGUE_DECAY
-        friction *= laws.FRICTION_DECAY
+        u_noise, u_logins, u_payments, u_mortgage, u_insurance, u_churn = self.streams.draw(
+            st.DAILY, idx, day, 6).T
+        self.log_engagement += (-laws.ENGAGEMENT_REVERSION * self.log_engagement
+                                + st.normal(u_noise, 0, laws.ENGAGEMENT_NOISE))
+        engagement = np.exp(self.log_engagement)
+        self.fatigue *= laws.FATIGUE_DECAY
+        self.friction *= laws.FRICTION_DECAY
 
         # Income on the user's own payday.
         payday = np.where(pop.biweekly, cal.biweekly_payday[pop.pay_option.clip(0, 1), day],
                           cal.monthly_payday[pop.pay_option, day]) & alive
         paid = idx[payday]
-        income = pay_amount[paid] * (1 + rng.normal(0, laws.INCOME_NOISE_SD, len(paid)))
-        out.add(paid, day * DAY + rng.integers(laws.INCOME_HOURS[0] * 3600, laws.INCOME_HOURS[1] * 3600, len(paid)),
-                "income", amount=income)
-        balance[paid] += income
+        u_noise_i, u_second, u_jitter = self.streams.draw(st.INCOME, paid, day, 3).T
+        income = self.pay_amount[paid] * (1 + st.normal(u_noise_i, 0, laws.INCOME_NOISE_SD))
+        out.add(paid, day * DAY + st.integers(u_second, laws.INCOME_HOURS[0] * 3600, laws.INCOME_HOURS[1] * 3600),
+                "income", u_jitter, amount=income)
+        self.balance[paid] += income
 
         # Logins: personal rate x engagement x weekday rhythm, more on payday.
         rate = pop.login_rate * engagement * laws.LOGIN_WEEKDAY[wd] * np.where(payday, laws.PAYDAY_LOGIN_BOOST, 1.0)
-        login_user = np.repeat(idx, rng.poisson(rate) * alive)
-        login_time = _clock(rng, day, LOGIN_HOUR_CDF[seg[login_user]])
-        login_channel = _session_channel(rng, pop, login_user)
-        out.add(login_user, login_time, "login", channel=login_channel)
+        counts = st.poisson(rate, u_logins) * alive
+        login_user, j = np.repeat(idx, counts), st.nth(counts)
+        u_hour, u_second, u_pref, u_other, u_jitter, u_show = self.streams.draw(st.LOGIN, login_user, day, 6, j).T
+        login_time = _clock(day, u_hour, u_second, LOGIN_HOUR_CDF[seg[login_user]])
+        login_channel = self.session_channel(login_user, u_pref, u_other)
+        out.add(login_user, login_time, "login", u_jitter, channel=login_channel)
 
-        # Offers shown at login; click and purchase depend on preference, fatigue, recency and chains.
-        shown = rng.random(len(login_user)) < laws.OFFER_SHOW_P
-        su, st, sc = login_user[shown], login_time[shown] + rng.integers(1, 21, shown.sum()), login_channel[shown]
-        offer = _sample_cdf(rng, OFFER_CDF[seg[su]])
-        logit = (laws.CLICK_BASE + affinity[su, offer]
-                 - laws.CLICK_FATIGUE_SAME * fatigue[su, offer]
-                 - laws.CLICK_FATIGUE_ANY * fatigue[su].sum(axis=1)
-                 - laws.CLICK_RECENCY_PENALTY * (day - last_click[su, offer] < laws.RECENCY_DAYS)
-                 + laws.HOME_INSURANCE_CHAIN_AFFINITY * ((offer == P["home_insurance"])
-                                                         & (day - chain_opened[su] <= laws.CHAIN_WINDOW_DAYS)))
-        click = rng.random(len(su)) < _sigmoid(logit)
-        buy_p = _sigmoid(laws.PURCHASE_BASE + laws.PURCHASE_AFFINITY * affinity[su, offer])
-        buy = click & (rng.random(len(su)) < buy_p)
-        click_time = st + rng.integers(5, 181, len(su))
-        buy_time = click_time + rng.integers(60, 1801, len(su))
-        out.add(su, st, "offer_shown", channel=sc, product=offer)
-        out.add(su[click], click_time[click], "offer_click", channel=sc[click], product=offer[click])
-        out.add(su[buy], buy_time[buy], "offer_purchase", channel=sc[buy], product=offer[buy])
-        np.add.at(fatigue, (su, offer), 1.0)
-        last_click[su[click], offer[click]] = day
-        affinity[su[buy], offer[buy]] -= laws.OWNED_AFFINITY_DROP
+        # Offers shown at login, targeted by segment.
+        shown = u_show < laws.OFFER_SHOW_P
+        su = login_user[shown]
+        u = self.streams.draw(st.OFFER, su, day, N_OFFER_DRAWS, j[shown])
+        offer = st.categorical(u[:, 0], OFFER_CDF[seg[su]])
+        self.respond(day, su, login_time[shown] + st.integers(u[:, 1], 1, 21), login_channel[shown], offer, u)
 
-        # Life-stage chain: mortgage inquiries (spontaneous or after a mortgage click) open a window in
-        # which home-insurance interest follows.
-        after_click = click & (offer == P["mortgage"]) & (rng.random(len(su)) < laws.MORTGAGE_INQUIRY_AFTER_CLICK)
-        spontaneous = idx[alive & (rng.random(n) < laws.MORTGAGE_INQUIRY_DAILY[seg])]
-        mortgage_user = np.concatenate([su[after_click], spontaneous])
-        mortgage_time = np.concatenate([click_time[after_click] + rng.integers(60, 601, after_click.sum()),
-                                        _clock(rng, day, LOGIN_HOUR_CDF[seg[spontaneous]])])
-        out.add(mortgage_user, mortgage_time, "product_inquiry", channel=_session_channel(rng, pop, mortgage_user),
-                product=np.full(len(mortgage_user), P["mortgage"]))
-        chain_opened[mortgage_user] = day
-        follows = mortgage_user[rng.random(len(mortgage_user)) < laws.HOME_INSURANCE_FOLLOW_P]
-        delay = np.ceil(rng.gamma(*laws.HOME_INSURANCE_DELAY_GAMMA, len(follows))).astype(int)
-        due = np.minimum(day + delay, day + laws.CHAIN_WINDOW_DAYS)
-        insurance_due[follows] = np.where(insurance_due[follows] > day, np.minimum(insurance_due[follows], due), due)
-        insurer = idx[alive & ((insurance_due == day) | (rng.random(n) < laws.HOME_INSURANCE_INQUIRY_DAILY))]
-        out.add(insurer, _clock(rng, day, LOGIN_HOUR_CDF[seg[insurer]]), "product_inquiry",
-                channel=_session_channel(rng, pop, insurer), product=np.full(len(insurer), P["home_insurance"]))
+        # Life-stage chain: spontaneous mortgage inquiries (the ones after a mortgage click are in respond).
+        spontaneous = idx[alive & (u_mortgage < laws.MORTGAGE_INQUIRY_DAILY[seg])]
+        u_hour, u_second, u_pref, u_other, u_jitter, u_follow, u_delay = self.streams.draw(
+            st.MORTGAGE, spontaneous, day, 7).T
+        self.mortgage_inquiry(day, spontaneous, _clock(day, u_hour, u_second, LOGIN_HOUR_CDF[seg[spontaneous]]),
+                              self.session_channel(spontaneous, u_pref, u_other), u_jitter, u_follow, u_delay)
+        insurer = idx[alive & ((self.insurance_due == day) | (u_insurance < laws.HOME_INSURANCE_INQUIRY_DAILY))]
+        u_hour, u_second, u_pref, u_other, u_jitter = self.streams.draw(st.INSURANCE, insurer, day, 5).T
+        out.add(insurer, _clock(day, u_hour, u_second, LOGIN_HOUR_CDF[seg[insurer]]), "product_inquiry", u_jitter,
+                channel=self.session_channel(insurer, u_pref, u_other),
+                product=np.full(len(insurer), P["home_insurance"]))
 
         # Card payments: weekday rhythm, seasons and the macro index; users in overdraft hold back.
         season = 1 if cal.gift_season[day] else 2 if cal.summer_season[day] else 0
         spend = (pop.spend_rate * laws.SPEND_WEEKDAY[wd] * macro**laws.MACRO_SPEND_EXPONENT
-                 * engagement**laws.SPEND_ENGAGEMENT_EXPONENT * np.where(balance < 0, laws.OVERDRAFT_SPEND_FACTOR, 1.0)
+                 * engagement**laws.SPEND_ENGAGEMENT_EXPONENT
+                 * np.where(self.balance < 0, laws.OVERDRAFT_SPEND_FACTOR, 1.0)
                  * (laws.GIFT_SEASON_SPEND if season == 1 else 1.0))
-        tx_user = np.repeat(idx, rng.poisson(spend) * alive)
-        merchant = _sample_cdf(rng, MERCHANT_CDF[season, seg[tx_user]])
+        counts = st.poisson(spend, u_payments) * alive
+        tx_user = np.repeat(idx, counts)
+        u_merchant, u_amount, u_tail, u_hour, u_second, u_decline, u_jitter = self.streams.draw(
+            st.CARD, tx_user, day, 7, st.nth(counts)).T
+        merchant = st.categorical(u_merchant, MERCHANT_CDF[season, seg[tx_user]])
         amount = (laws.AMOUNT_MEDIAN[merchant] * pop.amount_scale[tx_user]
-                  * np.exp(rng.normal(0, 1, len(tx_user)) * laws.AMOUNT_SIGMA[merchant]))
+                  * np.exp(st.normal(u_amount) * laws.AMOUNT_SIGMA[merchant]))
         tail = TAIL_MERCHANT[merchant] & (seg[tx_user] == HNW)
-        amount[tail] *= np.minimum(rng.pareto(laws.HNW_PARETO_ALPHA, tail.sum()) + 1.0, laws.HNW_PARETO_CAP)
-        tx_time = _clock(rng, day, np.broadcast_to(SPEND_HOUR_CDF, (len(tx_user), 24)))
-        declined = rng.random(len(tx_user)) < (laws.DECLINE_P + laws.DECLINE_P_OVER_LIMIT
-                                               * (balance[tx_user] < -overdraft_limit[tx_user]))
+        amount[tail] *= np.minimum(st.pareto(u_tail[tail], laws.HNW_PARETO_ALPHA) + 1.0, laws.HNW_PARETO_CAP)
+        tx_time = _clock(day, u_hour, u_second, SPEND_HOUR_CDF)
+        declined = u_decline < (laws.DECLINE_P + laws.DECLINE_P_OVER_LIMIT
+                                * (self.balance[tx_user] < -self.overdraft_limit[tx_user]))
         ok = ~declined
-        out.add(tx_user[ok], tx_time[ok], "card_payment", amount=amount[ok], merchant=merchant[ok])
-        out.add(tx_user[declined], tx_time[declined], "card_declined", amount=amount[declined],
+        out.add(tx_user[ok], tx_time[ok], "card_payment", u_jitter[ok], amount=amount[ok], merchant=merchant[ok])
+        out.add(tx_user[declined], tx_time[declined], "card_declined", u_jitter[declined], amount=amount[declined],
                 merchant=merchant[declined])
-        balance -= np.bincount(tx_user[ok], weights=amount[ok], minlength=n) + pop.daily_outflow * alive
-        friction += np.bincount(tx_user[declined], minlength=n)
+        self.balance -= np.bincount(tx_user[ok], weights=amount[ok], minlength=self.n) + pop.daily_outflow * alive
+        self.friction += np.bincount(tx_user[declined], minlength=self.n)
 
         # An overdraft fee at the end of a day below zero, at most once a week.
-        charged = idx[alive & (balance < 0) & (day - last_fee >= 7)]
-        fee = rng.uniform(*laws.FEE_AMOUNT, len(charged))
-        out.add(charged, day * DAY + rng.integers(23 * 3600 + 1800, DAY, len(charged)), "fee", amount=fee)
-        balance[charged] -= fee
-        friction[charged] += laws.FEE_FRICTION
-        last_fee[charged] = day
+        charged = idx[alive & (self.balance < 0) & (day - self.last_fee >= 7)]
+        u_fee, u_second, u_jitter = self.streams.draw(st.FEE, charged, day, 3).T
+        fee = st.uniform(u_fee, *laws.FEE_AMOUNT)
+        out.add(charged, day * DAY + st.integers(u_second, 23 * 3600 + 1800, DAY), "fee", u_jitter, amount=fee)
+        self.balance[charged] -= fee
+        self.friction[charged] += laws.FEE_FRICTION
+        self.last_fee[charged] = day
 
         # Churn: a hazard raised by disengagement, friction, competitor pull and macro stress.
         hazard = laws.CHURN_BASE_DAILY[seg] * np.exp(
-            laws.CHURN_DISENGAGEMENT * np.maximum(0.0, -log_engagement)
-            + laws.CHURN_FRICTION * np.minimum(friction, laws.CHURN_FRICTION_CAP)
+            laws.CHURN_DISENGAGEMENT * np.maximum(0.0, -self.log_engagement)
+            + laws.CHURN_FRICTION * np.minimum(self.friction, laws.CHURN_FRICTION_CAP)
             + laws.CHURN_COMPETITOR * pop.competitor_pull
             + laws.CHURN_MACRO_STRESS * max(0.0, 1.0 - macro))
-        leaving = idx[alive & (rng.random(n) < hazard)]
-        leave_time = _clock(rng, day, LOGIN_HOUR_CDF[seg[leaving]])
-        out.add(leaving, leave_time, "account_closed", channel=_session_channel(rng, pop, leaving))
-        closed_at[leaving] = leave_time
+        leaving = idx[alive & (u_churn < hazard)]
+        u_hour, u_second, u_pref, u_other, u_jitter = self.streams.draw(st.CLOSE, leaving, day, 5).T
+        leave_time = _clock(day, u_hour, u_second, LOGIN_HOUR_CDF[seg[leaving]])
+        out.add(leaving, leave_time, "account_closed", u_jitter, channel=self.session_channel(leaving, u_pref, u_other))
+        self.closed_at[leaving] = leave_time
         alive[leaving] = False
+
+    def respond(self, day: int, users: np.ndarray, shown_time: np.ndarray, channel: np.ndarray, offer: np.ndarray,
+                u: np.ndarray, campaign: int = -1) -> None:
+        """Offers ``offer`` shown to ``users`` at ``shown_time``: the showing, then clicks and purchases drawn
+        from preference, fatigue, recency and the life-stage chain (law 6), and the state they change.
+        ``u`` holds each showing's N_OFFER_DRAWS uniforms (columns 0-1 and 16-17 are the caller's)."""
+        (u_click, u_buy, u_click_delay, u_buy_delay, j_shown, j_click, j_buy, u_inquiry, u_inquiry_delay,
+         u_pref, u_other, j_inquiry, u_follow, u_delay) = u[:, 2:16].T
+        fatigue, last_click, affinity = self.fatigue, self.last_click, self.affinity
+        logit = (laws.CLICK_BASE + affinity[users, offer]
+                 - laws.CLICK_FATIGUE_SAME * fatigue[users, offer]
+                 - laws.CLICK_FATIGUE_ANY * fatigue[users].sum(axis=1)
+                 - laws.CLICK_RECENCY_PENALTY * (day - last_click[users, offer] < laws.RECENCY_DAYS)
+                 + laws.HOME_INSURANCE_CHAIN_AFFINITY * ((offer == P["home_insurance"])
+                                                         & (day - self.chain_opened[users] <= laws.CHAIN_WINDOW_DAYS)))
+        click = u_click < _sigmoid(logit)
+        buy_p = _sigmoid(laws.PURCHASE_BASE + laws.PURCHASE_AFFINITY * affinity[users, offer])
+        buy = click & (u_buy < buy_p)
+        click_time = shown_time + st.integers(u_click_delay, 5, 181)
+        buy_time = click_time + st.integers(u_buy_delay, 60, 1801)
+        out = self.out
+        out.add(users, shown_time, "offer_shown", j_shown, channel=channel, product=offer, campaign=campaign)
+        out.add(users[click], click_time[click], "offer_click", j_click[click], channel=channel[click],
+                product=offer[click])
+        out.add(users[buy], buy_time[buy], "offer_purchase", j_buy[buy], channel=channel[buy], product=offer[buy])
+        np.add.at(fatigue, (users, offer), 1.0)
+        last_click[users[click], offer[click]] = day
+        affinity[users[buy], offer[buy]] -= laws.OWNED_AFFINITY_DROP
+        # A mortgage click may lead to a mortgage inquiry, which opens the life-stage chain (law 7).
+        ask = click & (offer == P["mortgage"]) & (u_inquiry < laws.MORTGAGE_INQUIRY_AFTER_CLICK)
+        self.mortgage_inquiry(day, users[ask], click_time[ask] + st.integers(u_inquiry_delay[ask], 60, 601),
+                              self.session_channel(users[ask], u_pref[ask], u_other[ask]), j_inquiry[ask],
+                              u_follow[ask], u_delay[ask])
+
+    def mortgage_inquiry(self, day: int, users: np.ndarray, time: np.ndarray, channel: np.ndarray,
+                         u_jitter: np.ndarray, u_follow: np.ndarray, u_delay: np.ndarray) -> None:
+        """A mortgage inquiry opens a window in which home-insurance interest follows (law 7)."""
+        self.out.add(users, time, "product_inquiry", u_jitter, channel=channel,
+                     product=np.full(len(users), P["mortgage"]))
+        self.chain_opened[users] = day
+        follows = u_follow < laws.HOME_INSURANCE_FOLLOW_P
+        users = users[follows]
+        delay = np.maximum(1, np.ceil(st.gamma(u_delay[follows], *laws.HOME_INSURANCE_DELAY_GAMMA)).astype(int))
+        due = np.minimum(day + delay, day + laws.CHAIN_WINDOW_DAYS)
+        pending = self.insurance_due[users]
+        self.insurance_due[users] = np.where(pending > day, np.minimum(pending, due), due)
+
+
+def simulate_chunk(pop: Population, cal: Calendar, streams: Streams, on_day: Callable[[int], None] | None = None,
+                   agent: DayAgent | None = None) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Simulate ``cal.days`` days of the users in ``pop``: their events sorted by user and time, and the
+    campaign exposures among them (``user`` local index, ``micros`` since the window start, ``campaign``)."""
+    chunk = Chunk(pop, cal, streams)
+    for day in range(cal.days):
+        first_part = len(chunk.out.parts)
+        chunk.step(day)
+        if agent is not None:
+            agent.on_day(chunk, day, first_part)
         if on_day is not None:
             on_day(day)
+    return _to_table(chunk.out, pop, cal, chunk.closed_at)
 
-    return _to_table(out, pop, cal, closed_at)
 
-
-def _to_table(out: EventBuffer, pop: Population, cal: Calendar, closed_at: np.ndarray) -> pa.Table:
-    user, seconds, etype, amount, channel, merchant, product, jitter = out.columns()
+def _to_table(out: EventBuffer, pop: Population, cal: Calendar,
+              closed_at: np.ndarray) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    user, seconds, etype, amount, channel, merchant, product, jitter, campaign = out.columns()
     # Nothing follows account closure, and nothing spills past the end of the window (censoring).
     keep = (seconds <= closed_at[user]) & (seconds < cal.days * DAY)
     keep &= ~((seconds == closed_at[user]) & (etype != E["account_closed"]))
-    user, seconds, etype, amount, channel, merchant, product, jitter = (
-        c[keep] for c in (user, seconds, etype, amount, channel, merchant, product, jitter))
+    user, seconds, etype, amount, channel, merchant, product, jitter, campaign = (
+        c[keep] for c in (user, seconds, etype, amount, channel, merchant, product, jitter, campaign))
     # Sub-second jitter keeps two events of a user in the same second apart without reordering events
     # that are a second or more apart.
     micros = seconds * 1_000_000 + jitter
     order = np.lexsort((micros, user))
-    user, micros, etype, amount, channel, merchant, product = (
-        c[order] for c in (user, micros, etype, amount, channel, merchant, product))
+    user, micros, etype, amount, channel, merchant, product, campaign = (
+        c[order] for c in (user, micros, etype, amount, channel, merchant, product, campaign))
+    exposed = campaign >= 0
+    exposures = {"user": user[exposed], "micros": micros[exposed], "campaign": campaign[exposed]}
     start_us = cal.dates[0].astype("datetime64[us]").astype(np.int64)
 
     def labels(codes, vocabulary):
@@ -272,4 +332,4 @@ def _to_table(out: EventBuffer, pop: Population, cal: Calendar, closed_at: np.nd
         "channel": labels(channel, laws.CHANNELS),
         "merchant_category": labels(merchant, laws.MERCHANTS),
         "product": labels(product, laws.PRODUCTS),
-    })
+    }), exposures

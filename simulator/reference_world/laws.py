@@ -24,6 +24,22 @@ AMOUNT_TYPES = ("income", "card_payment", "card_declined", "fee")
 INCOME_BANDS = ("low", "mid", "high", "very_high")
 INCOME_BAND_EDGES = np.array([1_500.0, 3_500.0, 8_000.0])  # monthly income thresholds between the bands
 
+CATEGORICAL_ATTRIBUTES = {"segment": SEGMENTS, "age_band": AGE_BANDS, "income_band": INCOME_BANDS,
+                          "region": REGIONS, "preferred_channel": CHANNELS}  # the users table, with tenure_months
+
+
+def world_vocabulary():
+    """What a scenario may name in the reference world (``scenarios.scenario.Vocabulary``): its event types,
+    the terminal ``account_closed``, its marks, the users table's attributes and the ``macro_index`` context."""
+    from twinsim.scenarios.scenario import Vocabulary
+
+    return Vocabulary(event_types=list(EVENT_TYPES), terminal_types=["account_closed"],
+                      marks={"channel": list(CHANNELS), "merchant_category": list(MERCHANTS),
+                             "product": list(PRODUCTS)},
+                      categorical_attributes={k: list(v) for k, v in CATEGORICAL_ATTRIBUTES.items()},
+                      numeric_attributes=["tenure_months"], context_columns=["macro_index"])
+
+
 # ------------------------------------------------------------------------------------ per segment
 # Rows follow SEGMENTS. Probabilities over AGE_BANDS.
 AGE_BAND_P = np.array([

@@ -8,6 +8,16 @@ import numpy as np
 import pyarrow as pa
 
 from twinsim.simulator.reference_world import laws
+from twinsim.simulator.reference_world.streams import (
+    POPULATION,
+    Streams,
+    categorical,
+    exponential,
+    gamma,
+    integers,
+    normal,
+    uniform,
+)
 
 
 @dataclass
@@ -29,6 +39,7 @@ class Population:
     daily_outflow: np.ndarray  # rent, bills and savings that leave the account without card events
     affinity: np.ndarray  # (users, products) latent preference for each offer
     competitor_pull: np.ndarray  # standard normal; higher churns more
+    start_balance: np.ndarray  # hidden balance on day 0
 
     def __len__(self) -> int:
         return len(self.segment)
@@ -41,46 +52,53 @@ class Population:
         return [f"u{self.first_id + i:07d}" for i in range(len(self))]
 
 
-def _choice_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """One categorical draw per row of ``probs`` (rows sum to 1)."""
-    cdf = np.cumsum(probs, axis=1)
-    cdf[:, -1] = 1.0
-    return (cdf < rng.random(len(probs))[:, None]).sum(axis=1)
-
-
-def sample_population(rng: np.random.Generator, first_id: int, n: int) -> Population:
-    seg = rng.choice(len(laws.SEGMENTS), size=n, p=laws.SEGMENT_SHARE)
-    income = laws.MONTHLY_INCOME_MEDIAN[seg] * np.exp(rng.normal(0, laws.MONTHLY_INCOME_SIGMA, n))
-    biweekly = rng.random(n) < laws.BIWEEKLY_PAY_P[seg]
-    pay_option = np.where(biweekly, rng.integers(0, 2, n), _choice_rows(rng, laws.PAYDAY_DAY_P[seg]))
-    spend_rate = laws.SPEND_RATE[seg] * rng.gamma(laws.SPEND_RATE_SHAPE, 1 / laws.SPEND_RATE_SHAPE, n)
+def sample_population(streams: Streams, first_id: int, n: int) -> Population:
+    """Customers ``first_id`` to ``first_id + n - 1``, each from their own draws (``streams.POPULATION``)."""
+    u = streams.draw(POPULATION, np.arange(n), 0, N_POPULATION_DRAWS)
+    seg = categorical(u[:, 0], _cdf(laws.SEGMENT_SHARE))
+    income = laws.MONTHLY_INCOME_MEDIAN[seg] * np.exp(normal(u[:, 1], 0, laws.MONTHLY_INCOME_SIGMA))
+    biweekly = u[:, 2] < laws.BIWEEKLY_PAY_P[seg]
+    pay_option = np.where(biweekly, integers(u[:, 3], 0, 2), categorical(u[:, 3], _cdf(laws.PAYDAY_DAY_P[seg])))
+    spend_rate = laws.SPEND_RATE[seg] * gamma(u[:, 4], laws.SPEND_RATE_SHAPE, 1 / laws.SPEND_RATE_SHAPE)
     # Richer users pay more per purchase; the propensity term makes some users spend beyond their means.
-    propensity = np.exp(rng.normal(0, laws.SPEND_PROPENSITY_SD, n))
+    propensity = np.exp(normal(u[:, 5], 0, laws.SPEND_PROPENSITY_SD))
     amount_scale = (laws.SEGMENT_AMOUNT_SCALE[seg] * np.sqrt(income / laws.MONTHLY_INCOME_MEDIAN[seg])
                     * propensity)
     # The budget for non-card outflows leaves room for the card spending a user *plans* (their own rate,
     # their segment's prices); users whose propensity makes them pay more than planned drift into overdraft.
     planned_daily_spend = spend_rate * amount_scale / propensity * _mean_amount(seg)
     daily_outflow = np.maximum(0.0, laws.BUDGET_SHARE * income * 12 / 365 - planned_daily_spend)
-    affinity = laws.AFFINITY_MEAN[seg] + rng.normal(0, laws.AFFINITY_SD, (n, len(laws.PRODUCTS)))
+    affinity = laws.AFFINITY_MEAN[seg] + normal(u[:, _AFFINITY:], 0, laws.AFFINITY_SD)
     return Population(
         first_id=first_id,
         segment=seg.astype(np.int8),
-        age_band=_choice_rows(rng, laws.AGE_BAND_P[seg]).astype(np.int8),
-        region=rng.choice(len(laws.REGIONS), size=n, p=laws.REGION_SHARE).astype(np.int8),
-        tenure_months=np.clip(rng.exponential(laws.TENURE_MONTHS_MEAN[seg]), 1,
+        age_band=categorical(u[:, 6], _cdf(laws.AGE_BAND_P[seg])).astype(np.int8),
+        region=categorical(u[:, 7], _cdf(laws.REGION_SHARE)).astype(np.int8),
+        tenure_months=np.clip(exponential(u[:, 8], laws.TENURE_MONTHS_MEAN[seg]), 1,
                               laws.MAX_TENURE_MONTHS).astype(np.int32),
-        channel=_choice_rows(rng, laws.CHANNEL_P[seg]).astype(np.int8),
+        channel=categorical(u[:, 9], _cdf(laws.CHANNEL_P[seg])).astype(np.int8),
         monthly_income=income,
         biweekly=biweekly,
         pay_option=pay_option.astype(np.int8),
-        login_rate=laws.LOGIN_RATE[seg] * rng.gamma(laws.LOGIN_RATE_SHAPE, 1 / laws.LOGIN_RATE_SHAPE, n),
+        login_rate=laws.LOGIN_RATE[seg] * gamma(u[:, 10], laws.LOGIN_RATE_SHAPE, 1 / laws.LOGIN_RATE_SHAPE),
         spend_rate=spend_rate,
         amount_scale=amount_scale,
         daily_outflow=daily_outflow,
         affinity=affinity,
-        competitor_pull=rng.normal(0, 1, n),
+        competitor_pull=normal(u[:, 11]),
+        start_balance=income * uniform(u[:, 12], *laws.START_BALANCE_MONTHS),
     )
+
+
+_AFFINITY = 13  # first of the affinity columns
+N_POPULATION_DRAWS = _AFFINITY + len(laws.PRODUCTS)
+
+
+def _cdf(probs: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative distributions whose last entry is exactly 1."""
+    cdf = np.cumsum(probs, axis=-1)
+    cdf[..., -1] = 1.0
+    return cdf
 
 
 def _mean_amount(seg: np.ndarray) -> np.ndarray:
@@ -100,14 +118,20 @@ def _labels(codes: np.ndarray, vocabulary: tuple[str, ...]) -> pa.DictionaryArra
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(vocabulary))
 
 
+def attribute_codes(pop: Population) -> dict[str, tuple[np.ndarray, tuple[str, ...] | None]]:
+    """The users table's attributes as (codes, vocabulary) for categorical ones, (values, None) for numeric."""
+    return {
+        "segment": (pop.segment, laws.SEGMENTS),
+        "age_band": (pop.age_band, laws.AGE_BANDS),
+        "income_band": (pop.income_band, laws.INCOME_BANDS),
+        "region": (pop.region, laws.REGIONS),
+        "tenure_months": (pop.tenure_months, None),
+        "preferred_channel": (pop.channel, laws.CHANNELS),
+    }
+
+
 def users_table(pop: Population) -> pa.Table:
     """The observable users table (latent traits stay hidden, as they would in a bank's data)."""
-    return pa.table({
-        "user_id": pa.array(pop.user_ids()),
-        "segment": _labels(pop.segment, laws.SEGMENTS),
-        "age_band": _labels(pop.age_band, laws.AGE_BANDS),
-        "income_band": _labels(pop.income_band, laws.INCOME_BANDS),
-        "region": _labels(pop.region, laws.REGIONS),
-        "tenure_months": pa.array(pop.tenure_months),
-        "preferred_channel": _labels(pop.channel, laws.CHANNELS),
-    })
+    columns = {name: pa.array(codes) if vocabulary is None else _labels(codes, vocabulary)
+               for name, (codes, vocabulary) in attribute_codes(pop).items()}
+    return pa.table({"user_id": pa.array(pop.user_ids()), **columns})
