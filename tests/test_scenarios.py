@@ -304,7 +304,7 @@ def test_eligibility_rules_hold_at_each_exposure_over_a_given_history(model_dir,
         marks = { product = "savings" }
         attributes = { tenure_months = [12, 120] }
         not_had = [{ event_type = "offer_click" }]
-        active_days = 2
+        active_days = 4
         """)
     simulate(model_dir, SimulateConfig(users=None, history=str(tmp_path / "log"), days=18, seed=2, scenario=str(path)),
              tmp_path / "run")
@@ -323,7 +323,7 @@ def test_eligibility_rules_hold_at_each_exposure_over_a_given_history(model_dir,
     for user, t in zip(exposures["user_id"], exposures["timestamp"], strict=True):
         mine = own[(own["user_id"] == user) & (own["timestamp"] < t)]
         assert not (mine["event_type"] == "offer_click").any()
-        assert (mine["timestamp"] >= t - 2 * DAY).any()
+        assert (mine["timestamp"] >= t - 4 * DAY).any()  # exposures do not count: the last came 3 days ago
 
 
 def test_a_shock_past_the_models_context_table_changes_events_only_from_its_start_day(model_dir, tmp_path):
@@ -359,3 +359,43 @@ def test_a_scenario_run_resumes_and_runs_on_two_workers_to_the_same_output(model
             pd.testing.assert_frame_equal(frame(tmp_path / "full", dataset), frame(tmp_path / other, dataset),
                                           check_exact=True)
     assert resumed["campaigns"] == full["campaigns"] and full["campaigns"]["login-offer"]["exposures"] > 0
+
+
+def test_a_budget_goes_to_the_first_opportunities_of_the_day(model_dir, tmp_path):
+    path = write(tmp_path, """
+        [[campaign]]
+        name = "login-offer"
+        start = 3
+        end = 21
+        every_days = 3
+        at = "login"
+        event_type = "offer_shown"
+        budget = { per_day = 8 }
+        """)
+    simulate(model_dir, SimulateConfig(**COMMON, scenario=str(path)), tmp_path / "run")
+    events, exposures = frame(tmp_path / "run"), pd.read_parquet(tmp_path / "run" / "exposures")
+    users = pd.read_parquet(tmp_path / "run" / "users.parquet")["user_id"].tolist()
+    cohort = {u: i // COMMON["cohort_size"] for i, u in enumerate(users)}
+    logins = events[events["event_type"] == "login"].assign(period=lambda e: ((e["timestamp"] - START) // DAY - 3) // 3)
+    logins = logins[logins["period"].between(0, 5)]
+    # every customer is reached: each one's first login of a period is an opportunity
+    first = logins.groupby(["user_id", "period"]).head(1)
+    binding = 0
+    for (k, day), chances in first.groupby([first["user_id"].map(cohort), first["timestamp"].dt.date]):
+        got = exposures[exposures["user_id"].map(cohort).eq(k) & exposures["timestamp"].dt.date.eq(day)]
+        assert len(got) == min(4, len(chances))  # 8 a day, pro rata to two cohorts of 60 of 120
+        if len(chances) > 4:
+            binding += 1
+            assert set(got["user_id"]) == set(chances.nsmallest(4, "timestamp")["user_id"])  # first come, first served
+    assert binding >= 5
+
+
+def test_without_budgets_a_scenario_run_does_not_depend_on_the_cohort_size(model_dir, tmp_path):
+    body = TRIGGERED.replace("budget = { total = 40, per_day = 4 }\n", "")
+    path = write(tmp_path, body + '[[shock]]\ncolumn = "macro_index"\nstart = 10\nend = 20\nshift = -20.0\n')
+    for size in (60, 25):
+        config = SimulateConfig(**{**COMMON, "cohort_size": size, "scenario": str(path)})
+        simulate(model_dir, config, tmp_path / str(size))
+    for dataset in DATASETS:
+        pd.testing.assert_frame_equal(frame(tmp_path / "60", dataset), frame(tmp_path / "25", dataset),
+                                      check_exact=True)
