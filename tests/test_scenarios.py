@@ -126,6 +126,12 @@ def test_a_shock_needs_a_model_that_reads_daily_context(tmp_path):
         load_scenario(path, Vocabulary(**{**VOCAB.__dict__, "context_columns": []}), pd.Timestamp("2026-01-01"))
 
 
+def test_the_downturn_builtin_is_refused_for_a_model_without_daily_context(sparse_model, tmp_path):
+    with pytest.raises(TwinsimError, match=r"downturn.toml: \[\[shock\]\] #1: column: the model reads no daily"):
+        simulate(sparse_model, SimulateConfig(users=10, start="2024-06-01", days=100, scenario="downturn"),
+                 tmp_path / "run")
+
+
 def test_every_field_reads_as_documented(tmp_path):
     path = write(tmp_path, """
         name = "all"
