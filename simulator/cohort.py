@@ -204,8 +204,9 @@ class Cohort:
 
     def _expose(self, pushed: np.ndarray, t_next: np.ndarray) -> tuple[np.ndarray, bool]:
         """Decide the earliest opportunity of each row of ``pushed``, imposing those that become exposures;
-        returns the rows that must wait (a budgeted opportunity later than some customer of the cohort has
-        been simulated to: an earlier one may still come) and whether any opportunity came to nothing."""
+        returns the rows that must wait (a budgeted opportunity later than some customer of the cohort has been
+        simulated to, while an earlier one that may still come could take its budget) and whether any
+        opportunity came to nothing."""
         push = self.push
         which = push[:, pushed].argmin(axis=0)
         at = push[which, pushed]
@@ -215,6 +216,9 @@ class Cohort:
             unbudgeted = push[~self.budgeted].min(axis=0, initial=np.inf)  # their exposures may trigger others
             frontier = np.minimum(t_next, unbudgeted)[alive].min(initial=np.inf)
             ready = ~self.budgeted[which] | (at <= frontier)
+            if not ready.all():  # no wait where the order cannot matter: no budget left, or enough for all
+                pending = np.isfinite(push).sum(axis=1) + ((self.armed > -np.inf) & alive).sum(axis=1)
+                ready[~ready] = self.targeting.uncontested(which[~ready], at[~ready], pending)
             waiting, pushed, which, at = pushed[~ready], pushed[ready], which[ready], at[ready]
         exposed = self.targeting.decide(pushed, which, at)
         push[which, pushed] = np.inf

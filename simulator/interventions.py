@@ -127,6 +127,24 @@ class Targeting:
         out[order] = ok
         return out
 
+    def uncontested(self, which: np.ndarray, at_s: np.ndarray, pending: np.ndarray) -> np.ndarray:
+        """Whether campaign ``which[i]``'s opportunity at ``at_s[i]`` may be decided before earlier ones that may
+        still come, the campaign having ``pending[j]`` opportunities that may still come (pending and armed):
+        where its budget (in all, and on that UTC day) is used up, it comes to nothing whatever the order;
+        where it is left for all of them, it is granted whatever the order."""
+        out = np.zeros(len(which), dtype=bool)
+        day = (at_s // DAY_S).astype(np.int64)
+        for j in np.unique(which):
+            mine = np.flatnonzero(which == j)
+            total = np.inf if self.budget_total[j] is None else self.budget_total[j] - self.used[j]
+            left = np.full(len(mine), total)
+            if self.budget_per_day[j] is not None:
+                days, index = np.unique(day[mine], return_inverse=True)
+                used = np.array([self.used_on[j].get(int(d), 0) for d in days])
+                left = np.minimum(left, (self.budget_per_day[j] - used)[index])
+            out[mine] = (left <= 0) | (left >= pending[j])
+        return out
+
     def _within_budget(self, j: int, at_s: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """Of campaign ``j``'s opportunities at ``at_s`` (time order) that passed so far (``ok``), those its
         budgets still cover."""
