@@ -396,12 +396,15 @@ def test_a_budget_goes_to_the_first_opportunities_of_the_day(model_dir, tmp_path
     assert binding >= 5
 
 
-def test_without_budgets_a_scenario_run_does_not_depend_on_the_cohort_size(model_dir, tmp_path):
-    body = TRIGGERED.replace("budget = { total = 40, per_day = 4 }\n", "")
-    path = write(tmp_path, body + '[[shock]]\ncolumn = "macro_index"\nstart = 10\nend = 20\nshift = -20.0\n')
-    for size in (60, 25):
-        config = SimulateConfig(**{**COMMON, "cohort_size": size, "scenario": str(path)})
-        simulate(model_dir, config, tmp_path / str(size))
-    for dataset in DATASETS:
-        pd.testing.assert_frame_equal(frame(tmp_path / "60", dataset), frame(tmp_path / "25", dataset),
-                                      check_exact=True)
+def test_without_budgets_a_run_does_not_depend_on_the_cohort_size_and_an_ample_budget_changes_nothing(model_dir,
+                                                                                                     tmp_path):
+    shock = '[[shock]]\ncolumn = "macro_index"\nstart = 10\nend = 20\nshift = -20.0\n'
+    unlimited = write(tmp_path, TRIGGERED.replace("budget = { total = 40, per_day = 4 }\n", "") + shock, "a.toml")
+    ample = write(tmp_path, TRIGGERED.replace("total = 40, per_day = 4", "total = 1000, per_day = 200") + shock,
+                  "b.toml")
+    for name, size, path in (("60", 60, unlimited), ("25", 25, unlimited), ("ample", 60, ample)):
+        simulate(model_dir, SimulateConfig(**{**COMMON, "cohort_size": size, "scenario": str(path)}), tmp_path / name)
+    for other in ("25", "ample"):
+        for dataset in DATASETS:
+            pd.testing.assert_frame_equal(frame(tmp_path / "60", dataset), frame(tmp_path / other, dataset),
+                                          check_exact=True)
