@@ -349,6 +349,11 @@ def simulate(model_dir: Path, users: int | None, start: date | None, days: int, 
     click.echo(f"simulated {manifest['users']:,} users: {manifest['events']:,} events in {config.days} days "
                f"(+ {manifest['history_events']:,} history events, {manifest['exposures']:,} campaign exposures) "
                f"to {output} ({manifest['events_per_second_this_attempt']:,} events/s)")
+    for name, c in manifest.get("campaigns", {}).items():
+        budget = ", ".join(f"{c[k]:,} {what}" for k, what in (("budget_total", "in all"), ("budget_per_day", "a day"))
+                           if c[k] is not None)
+        click.echo(f"  campaign {name}: {c['exposures']:,} exposures; {c['treatment']:,} customers in treatment, "
+                   f"{c['control']:,} in control" + (f"; budget {budget}" if budget else ""))
 
 
 class _Several(click.Option):

@@ -5,6 +5,12 @@ The stepper runs the cohort ahead to the next time a scenario process acts (``en
 commits the next event of every user still due and draws their following one), then writes the days
 that are complete.
 
+A campaign process wakes on each exposure day and gives the customers it reaches an opportunity: at a
+drawn time of the day, or (``at``) armed until the period ends, to fire a few seconds after the customer's
+first event of that type. The stepper has ``interventions.Targeting`` decide each opportunity when the
+customer reaches it; an exposure replaces the customer's pending draw (``Rollout.impose``), so what the
+customer does next is drawn given it. Shocks change the context table the model reads.
+
 :func:`run_cohort` runs one cohort from what a worker holds (the run's :class:`RunSpec`, its loaded model and the
 cohort's slice of the population); every execution strategy (``simulator/parallel.py``) calls it.
 """
@@ -27,10 +33,12 @@ from twinsim.models.rollout import Events, Rollout
 from twinsim.models.rowwise import MIN_ROWS, one_thread
 from twinsim.models.transformer import EventTransformer, KVCache
 from twinsim.scenarios.scenario import Campaign, Scenario
+from twinsim.simulator.interventions import ARMS, Targeting, shocked_context
 from twinsim.simulator.population import History, Population, as_utc
 from twinsim.simulator.sink import Output, part_name
 
-PURPOSE_CAMPAIGN = 20  # + campaign index: exposure time and reach
+PURPOSE_CAMPAIGN = 20  # + campaign index, keyed by day: exposure time (or trigger delay) and reach
+TRIGGER_DELAY_S = (2.0, 10.0)  # a triggered exposure comes this many seconds after its trigger event
 DAY_S = 86400.0
 AHEAD_DAYS = 7  # the stepper runs at most this far ahead before writing (memory: a cohort's week of events)
 
@@ -52,6 +60,7 @@ class RunSpec:
     start_s: float  # the first simulated second
     end_s: float
     cache_rows: int  # rows of the key-value cache: the largest cohort + MIN_ROWS
+    population: int = 0  # users in the run (cohorts' budget shares); 0: the cohort is the whole population
 
 
 @dataclass
@@ -90,7 +99,9 @@ class Cohort:
         self.run, self.schema, self.cohort, self.report = spec, loaded.schema, cohort, report
         n = len(members)
         self.n = n
-        self.roll = Rollout(loaded.model, loaded.schema, loaded.context, spec.seed, n, spec.begin_s, idle=MIN_ROWS,
+        scenario = spec.scenario
+        context = shocked_context(loaded.context, loaded.schema, scenario.shocks, spec.begin_s, spec.end_s)
+        self.roll = Rollout(loaded.model, loaded.schema, context, spec.seed, n, spec.begin_s, idle=MIN_ROWS,
                             cache=loaded.kv_cache(spec.cache_rows))
         with torch.no_grad():
             static = loaded.model.static(torch.from_numpy(part.static_cat), torch.from_numpy(part.static_num))
@@ -99,9 +110,14 @@ class Cohort:
         self.members = members
         self.user_ids = part.users["user_id"].to_numpy()
         self.active = np.ones(n, dtype=bool)
-        self.campaigns = spec.scenario.campaigns
-        self.in_segment = np.array([_segment(c, part.users) for c in self.campaigns]).reshape(-1, n)
-        self.push = np.full((len(self.campaigns), n), np.inf)  # each campaign's next exposure time per row
+        self.campaigns = scenario.campaigns
+        self.targeting = Targeting(scenario, loaded.schema, part.users, members, spec.seed, spec.population or n)
+        self.push = np.full((len(self.campaigns), n), np.inf)  # each campaign's next opportunity per row
+        self.budgeted = np.array([c.budgeted for c in self.campaigns], dtype=bool)
+        self.triggers = [(j, loaded.schema.event_types.index(c.at)) for j, c in enumerate(self.campaigns) if c.at]
+        self.armed = np.full((len(self.campaigns), n), -np.inf)  # a trigger campaign's period end per row
+        self.delay = np.zeros((len(self.campaigns), n))  # its exposure's seconds after the trigger
+        self.imposed = np.zeros(n, dtype=bool)  # the row's pending event is an exposure
         self.exposures: list[tuple[np.ndarray, np.ndarray, int]] = []
         self.buffers: dict[int, list[Events]] = {}  # day number -> events committed in it, until written
         self.written = 0
@@ -120,7 +136,10 @@ class Cohort:
             env.process(self._campaign(env, j, c))
         env.run()
         self._write_exposures()
+        self._write_assignments()
         self.stats["ended"] = int((~self.active).sum())
+        if self.campaigns:
+            self.stats["campaigns"] = self.targeting.counts()
         return self.stats
 
     # -- processes --------------------------------------------------------------------------------------------
@@ -135,36 +154,46 @@ class Cohort:
             yield env.timeout(horizon - env.now)
 
     def _campaign(self, env: simpy.Environment, j: int, c: Campaign):
-        """On each exposure day: the users of the segment this campaign reaches get an exposure scheduled."""
-        for day in c.exposure_days():
+        """On each exposure day: the customers this campaign reaches (of those its static rules admit) get an
+        opportunity, at a drawn time of the day or at their first trigger event of the period."""
+        for day, until in c.periods():
             day_s = as_utc(day).timestamp()
             yield env.timeout((day_s - self.run.begin_s) / DAY_S - env.now)
-            rows = np.flatnonzero(self.in_segment[j] & self.active)
+            rows = np.flatnonzero(self.targeting.static[j] & self.active)
             u = kernels.uniforms(self.run.seed, self.members[rows], np.full(len(rows), int(day_s // DAY_S)),
                                  PURPOSE_CAMPAIGN + j, 2)
             hit = u[:, 1] < c.reach
-            self.push[j, rows[hit]] = day_s + (c.hours[0] + (c.hours[1] - c.hours[0]) * u[hit, 0]) * 3600.0
+            if c.at is None:
+                self.push[j, rows[hit]] = day_s + (c.hours[0] + (c.hours[1] - c.hours[0]) * u[hit, 0]) * 3600.0
+            else:
+                self.armed[j, rows[hit]] = as_utc(until).timestamp()
+                self.delay[j, rows[hit]] = TRIGGER_DELAY_S[0] + (TRIGGER_DELAY_S[1] - TRIGGER_DELAY_S[0]) * u[hit, 0]
 
     # -- stepping ---------------------------------------------------------------------------------------------
     def _advance(self, horizon_s: float) -> None:
-        """Commit every event due before ``horizon_s`` (exposures before the drawn event come first)."""
-        roll, push = self.roll, self.push
+        """Commit every event due before ``horizon_s`` (opportunities before the drawn event come first)."""
+        roll = self.roll
         while True:
-            t_push = push.min(axis=0) if len(self.campaigns) else np.full(self.n, np.inf)
+            t_push = self.push.min(axis=0) if len(self.campaigns) else np.full(self.n, np.inf)
             t_next = roll.pending["t_next"][: self.n]
             rows = np.flatnonzero(self.active & (np.minimum(t_next, t_push) < horizon_s))
             if not len(rows):
                 return
-            pushed = rows[t_push[rows] <= t_next[rows]]
+            pushed = rows[(t_push[rows] <= t_next[rows]) & ~self.imposed[rows]]  # (an exposure first commits)
             if len(pushed):
-                which = push[:, pushed].argmin(axis=0)
-                for j, c in enumerate(self.campaigns):
-                    hit = pushed[which == j]
-                    if len(hit):
-                        _impose(roll, self.schema, c, hit, push[j, hit])
-                        self.exposures.append((hit, push[j, hit].copy(), j))
-                        push[j, hit] = np.inf
+                waiting, passed = self._expose(pushed, t_next)
+                if passed:  # an opportunity came to nothing: the row's next event is another one, or its draw
+                    continue
+                rows = rows[~np.isin(rows, waiting)]
             events = roll.commit(rows)
+            own = ~self.imposed[rows]
+            self.imposed[rows] = False
+            self.targeting.observe(rows, events.type, events.marks, events.time_s, own)
+            for j, code in self.triggers:
+                fire = (events.type == code) & (events.time_s < self.armed[j, rows])
+                hit = rows[fire]
+                self.push[j, hit] = events.time_s[fire] + self.delay[j, hit]
+                self.armed[j, hit] = -np.inf
             day = ((events.time_s - self.run.begin_s) // DAY_S).astype(np.int64)
             for d in np.unique(day):
                 self.buffers.setdefault(int(d), []).append(events.take(np.flatnonzero(day == d)))
@@ -172,6 +201,34 @@ class Cohort:
             going = rows[self.active[rows]]
             if len(going):
                 roll.propose(going)
+
+    def _expose(self, pushed: np.ndarray, t_next: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Decide the earliest opportunity of each row of ``pushed``, imposing those that become exposures;
+        returns the rows that must wait (a budgeted opportunity later than some customer of the cohort has been
+        simulated to, while an earlier one that may still come could take its budget) and whether any
+        opportunity came to nothing."""
+        push = self.push
+        which = push[:, pushed].argmin(axis=0)
+        at = push[which, pushed]
+        waiting = pushed[:0]
+        if self.budgeted.any():
+            alive = self.active
+            unbudgeted = push[~self.budgeted].min(axis=0, initial=np.inf)  # their exposures may trigger others
+            frontier = np.minimum(t_next, unbudgeted)[alive].min(initial=np.inf)
+            ready = ~self.budgeted[which] | (at <= frontier)
+            if not ready.all():  # no wait where the order cannot matter: no budget left, or enough for all
+                pending = np.isfinite(push).sum(axis=1) + ((self.armed > -np.inf) & alive).sum(axis=1)
+                ready[~ready] = self.targeting.uncontested(which[~ready], at[~ready], pending)
+            waiting, pushed, which, at = pushed[~ready], pushed[ready], which[ready], at[ready]
+        exposed = self.targeting.decide(pushed, which, at)
+        push[which, pushed] = np.inf
+        for j, c in enumerate(self.campaigns):
+            hit = exposed & (which == j)
+            if hit.any():
+                _impose(self.roll, self.schema, c, pushed[hit], at[hit])
+                self.exposures.append((pushed[hit], at[hit], j))
+        self.imposed[pushed[exposed]] = True
+        return waiting, bool((~exposed).any())
 
     def _replay(self, history: History) -> None:
         """Feed each user's known events to the model in order (lockstep over event numbers); users whose
@@ -184,7 +241,8 @@ class Cohort:
             index = history.offsets[rows] + k
             roll.impose(rows, history.time_s[index], history.type[index], history.marks[index],
                         history.amount[index])
-            roll.commit(rows)
+            events = roll.commit(rows)
+            self.targeting.observe(rows, events.type, events.marks, events.time_s, np.ones(len(rows), dtype=bool))
         has = lengths > 0
         last = history.offsets[1:][has] - 1
         self.active[np.flatnonzero(has)[roll.is_terminal(history.type[last])]] = False
@@ -220,6 +278,16 @@ class Cohort:
             "exposures", part_name(self.cohort))
         self.stats["exposures"] = len(rows)
 
+    def _write_assignments(self) -> None:
+        rows, which, arm = self.targeting.assignments()
+        if not len(rows):
+            return
+        order = np.lexsort((which, rows))
+        self.run.out.write_parquet(pd.DataFrame({
+            "user_id": self.user_ids[rows[order]],
+            "campaign": pd.Categorical.from_codes(which[order], categories=[c.name for c in self.campaigns]),
+            "arm": pd.Categorical.from_codes(arm[order] - 1, categories=ARMS)}), "assignments", part_name(self.cohort))
+
 
 def _impose(roll: Rollout, schema, c: Campaign, rows: np.ndarray, at_s: np.ndarray) -> None:
     marks = np.zeros((len(rows), len(schema.marks)), dtype=np.int64)
@@ -229,10 +297,3 @@ def _impose(roll: Rollout, schema, c: Campaign, rows: np.ndarray, at_s: np.ndarr
     roll.impose(rows, at_s, np.full(len(rows), schema.event_types.index(c.event_type)), marks,
                 np.full(len(rows), np.nan))
 
-
-def _segment(c: Campaign, users: pd.DataFrame) -> np.ndarray:
-    """Per user of ``users``: in the campaign's segment?"""
-    mask = np.ones(len(users), dtype=bool)
-    for name, values in c.segment.items():
-        mask &= users[name].astype(str).isin(values).to_numpy()
-    return mask

@@ -10,14 +10,19 @@ days (``simulator/cohort.py``):
 * the **population stepper** runs the cohort ahead to the next time a scenario process acts (at most a
   week): it commits, in batches (``models.rollout``), every event due before that horizon and draws each
   user's next one, then writes the days that are done, one Parquet partition per day;
-* each **campaign** of the scenario (``scenarios/scenario.py``) wakes on its exposure days and schedules
-  an exposure for the users of its segment it reaches; the stepper imposes it at its time, replacing the
-  user's pending draw, and the model draws what the user does next given it.
+* each **campaign** of the scenario (``scenarios/scenario.py``) wakes on its exposure days and gives the
+  customers it reaches an opportunity, at a drawn time or at their next trigger event (``at``); the
+  stepper has ``interventions.Targeting`` decide it (eligibility, control arm, frequency cap, budget) and
+  imposes an exposure at its time, replacing the user's pending draw, so the model draws what the user
+  does next given it; shocks change the daily context the model reads (``interventions.shocked_context``).
 
 Every draw comes from the user's own random streams (seed, user, event number, purpose), every network
 call is padded to the same row count and runs on one torch thread, so a user's events depend neither on
 the cohort size, nor on the other users, nor on where the cohort runs: two runs that differ only by
 scenario are identical for users the scenario never touches and for everyone before it first acts.
+The one exception is a campaign budget: each cohort gets its pro-rata share of it (deterministic), so which
+customers an exhausted budget leaves out depends on the cohort split; the manifest records
+``cohort_size``, and a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -112,11 +117,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                   else new_population(model_dir, schema, int(config.users), config.seed))
     start = _start(config, population)
     scenario = load_scenario(config.scenario, schema, start.tz_localize(None))
-    for c in scenario.campaigns:
-        if c.start < start.tz_localize(None) or c.end > start.tz_localize(None) + pd.Timedelta(days=config.days):
-            raise TwinsimError(f"{scenario.source}: campaign {c.name!r} runs {c.start.date()} to {c.end.date()}, "
-                               f"outside the simulated days {start.date()} + {config.days} days; move it inside "
-                               "or use day numbers of the run (start = 7)")
+    _check_inside(scenario, start.tz_localize(None), config.days)
     start_s = start.timestamp()
     if population.history is not None:
         first = pd.Timestamp(population.history.time_s.min(), unit="s", tz="UTC").normalize()
@@ -139,7 +140,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     manifest["cohort_size"] = size
     output.write_json(manifest, "manifest.json")  # before any cohort: an attempt cut short keeps its cohorts
     spec = RunSpec(str(model_dir), model_sha256, config.seed, scenario, output, begin_s, start_s,
-                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS)
+                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS, len(population))
     if not output.exists("users.parquet"):
         output.write_parquet(without_profile(population.users), "users.parquet")
     cohorts = [np.arange(i, min(i + size, len(population))) for i in range(0, len(population), size)]
@@ -168,12 +169,46 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
             output.write_json(manifest, "manifest.json")
     totals = {key: int(sum(v[key] for v in done.values())) for key in ("events", "history_events", "exposures",
                                                                        "ended")}
+    if scenario.campaigns:
+        manifest["campaigns"] = _campaign_totals(scenario, done.values())
     seconds = time.perf_counter() - started
     manifest.update(status="complete", users=len(population), cohorts=len(cohorts), **totals,
                     seconds_this_attempt=round(seconds, 3),
                     events_per_second_this_attempt=round(sampled / max(seconds, 1e-9)))
     output.write_json(manifest, "manifest.json")
     return manifest
+
+
+def _check_inside(scenario, start: pd.Timestamp, days: int) -> None:
+    """Campaigns run inside the simulated days; shocks start inside them (and may last past the end)."""
+    end = start + pd.Timedelta(days=days)
+    for c in scenario.campaigns:
+        if c.start < start or c.end > end:
+            raise TwinsimError(f"{scenario.source}: campaign {c.name!r} runs {c.start.date()} to {c.end.date()}, "
+                               f"outside the simulated days {start.date()} + {days} days; move it inside "
+                               "or use day numbers of the run (start = 7)")
+    for s in scenario.shocks:
+        if s.start < start or s.start >= end:
+            raise TwinsimError(f"{scenario.source}: the shock of {s.column} starts {s.start.date()}, outside the "
+                               f"simulated days {start.date()} + {days} days; start it inside (start = 0 is the "
+                               "first simulated day)")
+
+
+def _campaign_totals(scenario, cohorts) -> dict:
+    """Per campaign, over the cohorts: exposures, customers per arm, budgets and exposures per UTC day."""
+    totals = {}
+    for c in scenario.campaigns:
+        counts = [stats["campaigns"][c.name] for stats in cohorts]
+        per_day: dict[str, int] = {}
+        for k in counts:
+            for day, n in k["exposures_per_day"].items():
+                per_day[day] = per_day.get(day, 0) + n
+        totals[c.name] = {"exposures": sum(k["exposures"] for k in counts),
+                          "treatment": sum(k["treatment"] for k in counts),
+                          "control": sum(k["control"] for k in counts),
+                          "budget_total": c.budget_total, "budget_per_day": c.budget_per_day,
+                          "exposures_per_day": dict(sorted(per_day.items()))}
+    return totals
 
 
 MAX_COHORT = 16_384  # users: memory holds about 35 KB a user per cohort being simulated

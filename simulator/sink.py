@@ -7,6 +7,8 @@ Layout of a run directory::
     events/date=2026-01-08/part-00003.parquet   the simulated window, one file per (day, cohort)
     history/date=2025-12-20/part-00003.parquet  the sampled warm-up history (if any), same layout
     exposures/part-00003.parquet           every campaign exposure: user_id, timestamp, campaign
+    assignments/part-00003.parquet         every customer a campaign assigned: user_id, campaign, arm
+                                           ("treatment" or "control"; docs/scenarios.md)
 
 Every file is written under a hidden temporary name and renamed into place, so a reader (or a resumed
 run) never sees half a file; files of a cohort that did not finish are removed before it is redone.
@@ -33,7 +35,7 @@ import pyarrow.parquet as pq
 
 from twinsim.models.errors import OutputExistsError, TwinsimError
 
-DATASETS = ("events", "history", "exposures")
+DATASETS = ("events", "history", "exposures", "assignments")
 
 
 def part_name(cohort: int) -> str:

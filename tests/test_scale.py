@@ -20,12 +20,11 @@ from twinsim.simulator import parallel
 from twinsim.simulator.cohort import Loaded, RunSpec
 from twinsim.simulator.engine import SimulateConfig, simulate
 from twinsim.simulator.population import Population
-from twinsim.simulator.sink import Output
+from twinsim.simulator.sink import DATASETS, Output
 
 # 4 cohorts of 50 users, 3 days of sampled warm-up, the built-in campaign on days 7 and 14
 CONFIG = dict(users=200, start="2025-02-01", days=22, seed=3, history_days=3, cohort_size=50,
               scenario="travel_card_push")
-DATASETS = ("events", "history", "exposures")
 
 
 def frame(run, dataset: str) -> pd.DataFrame:

@@ -187,12 +187,12 @@ def test_continuing_an_event_log_starts_every_user_from_their_own_last_event(mod
 
 
 @pytest.mark.parametrize("body, message", [
-    ('[[campaign]]\nname="x"\nstart=1\nend=5\nevent_type="teleport"', "event_type 'teleport'"),
+    ('[[campaign]]\nname="x"\nstart=1\nend=5\nevent_type="teleport"', "event_type: event type 'teleport'"),
     ('[[campaign]]\nname="x"\nstart=1\nend=5\nevent_type="offer_shown"\nmarks={product="yacht"}', "product = 'yacht'"),
     ('[[campaign]]\nname="x"\nstart=1\nend=5\nevent_type="offer_shown"\nbudgett=3', "unknown key"),
     ('[[campaign]]\nname="x"\nstart=5\nend=1\nevent_type="offer_shown"', "must come after"),
     ('[[campaign]]\nname="x"\nstart=1\nend=5\nevent_type="account_closed"', "terminal"),
-    ('name = "x"\ncampaigns = 3', "unknown top-level key"),
+    ('name = "x"\ncampaigns = 3', "top level: unknown key"),
     ("[[campaign]\n", "not valid TOML"),
 ])
 def test_bad_scenario_files_fail_clearly(model_dir, tmp_path, body, message):
