@@ -194,6 +194,14 @@ class Scenario:
                 "cap": None if self.cap is None else self.cap.to_json(), "shocks": [s.to_json() for s in self.shocks]}
 
 
+def pro_rata(amount: int | None, first: int, count: int, population: int) -> int | None:
+    """A cohort's share of ``amount``, the cohort being ``count`` users from population index ``first``: the
+    shares of consecutive cohorts add up to ``amount`` exactly."""
+    if amount is None:
+        return None
+    return amount * (first + count) // population - amount * first // population
+
+
 def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN.glob("*.toml"))
 

@@ -30,20 +30,12 @@ import pandas as pd
 
 from twinsim.models import kernels
 from twinsim.models.encoding import Schema
-from twinsim.scenarios.scenario import Scenario, Shock
+from twinsim.scenarios.scenario import Scenario, Shock, pro_rata
 
 PURPOSE_CONTROL = 19  # keyed by (seed, user, campaign index): the customer's arm in that campaign
 DAY_S = 86400.0
 TREATMENT, CONTROL = 1, 2
 ARMS = ["treatment", "control"]
-
-
-def pro_rata(amount: int | None, first: int, count: int, population: int) -> int | None:
-    """A cohort's share of ``amount``, the cohort being ``count`` users from population index ``first``: the
-    shares of consecutive cohorts add up to ``amount`` exactly."""
-    if amount is None:
-        return None
-    return amount * (first + count) // population - amount * first // population
 
 
 class Targeting:

@@ -14,9 +14,9 @@ import pytest
 from twinsim.models.encoding import context_at, fit_schema
 from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import load_model
-from twinsim.scenarios.scenario import Vocabulary, builtin_names, load_scenario
+from twinsim.scenarios.scenario import Vocabulary, builtin_names, load_scenario, pro_rata
 from twinsim.simulator.engine import SimulateConfig, simulate
-from twinsim.simulator.interventions import pro_rata, shocked_context
+from twinsim.simulator.interventions import shocked_context
 from twinsim.simulator.sink import DATASETS
 
 VOCAB = Vocabulary(event_types=["account_closed", "login", "offer_click", "offer_purchase", "offer_shown"],

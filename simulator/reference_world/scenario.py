@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from twinsim.models.errors import TwinsimError
+from twinsim.scenarios.scenario import pro_rata
 from twinsim.simulator.reference_world import laws
 from twinsim.simulator.reference_world import streams as st
 from twinsim.simulator.reference_world.behaviour import DAY, N_OFFER_DRAWS, Chunk, E
@@ -79,11 +80,9 @@ def shocked_calendar(cal: Calendar, scenario, start: date) -> Calendar:
     return replace(cal, macro_index=macro)
 
 
-def _share(total: int | None, first: int, n: int, users: int) -> int:
-    """This chunk's pro-rata part of ``total`` (the parts of all chunks add up to it exactly)."""
-    if total is None:
-        return NEVER
-    return int(total * (first + n) // users - total * first // users)
+def _or_never(share: int | None) -> int:
+    """A budget share as the kernel reads it: no budget is a budget never spent."""
+    return NEVER if share is None else share
 
 
 @nb.njit(cache=True)
@@ -140,8 +139,8 @@ class ScenarioAgent:
             self.static.append(static)
             self.control.append(streams.draw(st.CAMPAIGN_ASSIGN, idx, 0, 1, np.full(n, k))[:, 0] < c.control)
             self.arm.append(np.zeros(n, dtype=np.int8))  # 0: not assigned yet, 1: treatment, 2: control
-            self.budget_total.append(_share(c.budget_total, pop.first_id, n, users))
-            self.budget_day.append(_share(c.budget_per_day, pop.first_id, n, users))
+            self.budget_total.append(_or_never(pro_rata(c.budget_total, pop.first_id, n, users)))
+            self.budget_day.append(_or_never(pro_rata(c.budget_per_day, pop.first_id, n, users)))
             self.armed.append(np.full(n, -1, dtype=np.int64))  # at: the period's end (seconds) while armed
             self.delay.append(np.zeros(n, dtype=np.int64))
             self.not_had.append([(_condition(c.name, cond), np.full(n, NEVER)) for cond in c.not_had])
