@@ -183,7 +183,7 @@ class Rollout:
         if np.any(time_s < self.time_s[rows]):
             raise ValueError("an imposed event precedes the row's latest event")
         gap_h = np.maximum((time_s - self.time_s[rows]) / 3600.0, MIN_GAP_HOURS)
-        t_next = self.time_s[rows] + gap_h * 3600.0
+        t_next = np.maximum(time_s, self.time_s[rows] + MIN_GAP_HOURS * 3600.0)  # the given time, to the bit
         which = self.amount_slot[type_]
         carries = (which >= 0) & ~np.isnan(amount)
         amount_z = np.zeros(len(rows), dtype=np.float32)

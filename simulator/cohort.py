@@ -226,7 +226,8 @@ class Cohort:
             hit = exposed & (which == j)
             if hit.any():
                 _impose(self.roll, self.schema, c, pushed[hit], at[hit])
-                self.exposures.append((pushed[hit], at[hit], j))
+                # the time the exposure event got (a second after the row's latest event at the earliest)
+                self.exposures.append((pushed[hit], self.roll.pending["t_next"][pushed[hit]].copy(), j))
         self.imposed[pushed[exposed]] = True
         return waiting, bool((~exposed).any())
 
