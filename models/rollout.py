@@ -108,6 +108,8 @@ class Rollout:
         self.token = self._bos_tokens(rows, origin_s)
         self.pending: dict[str, np.ndarray] = {}  # the next event of every row (see ``_draw``)
         self.cache.reset(torch.arange(rows))
+        self.excluded: np.ndarray | None = None  # types never drawn (controlled: only imposed), see ``exclude``
+        self.hidden: torch.Tensor | None = None  # each row's latest hidden state, kept once ``keep_hidden``
 
     # -- rows -------------------------------------------------------------------------------------------------
     def start(self, rows: np.ndarray, users: np.ndarray, static: torch.Tensor, start_s: float | np.ndarray) -> None:
@@ -127,11 +129,45 @@ class Rollout:
         index = torch.from_numpy(keep)
         self.cache.select(index)
         self.static, self.token = self.static[index], {k: v[index] for k, v in self.token.items()}
+        if self.hidden is not None:
+            self.hidden = self.hidden[index]
         self.user, self.time_s, self.steps, self.last, self.recent, self.memory = (
             x[keep] for x in (self.user, self.time_s, self.steps, self.last, self.recent, self.memory))
         self.pending = {k: v[keep] for k, v in self.pending.items()}
         self.width = len(keep)
         self.idle = np.arange(self.width - len(self.idle), self.width)
+
+    def exclude(self, types: list[int]) -> None:
+        """From the next draw on, the customers never do ``types`` of their own accord (controlled event types:
+        they happen only where ``impose`` puts them); ``[]`` lifts it."""
+        self.excluded = np.isin(np.arange(self.model.time.types), types) if len(types) else None
+
+    def keep_hidden(self) -> None:
+        """Keep every row's latest hidden state (for :meth:`mark_probabilities` and :meth:`redraw`)."""
+        if self.hidden is None:
+            self.hidden = torch.zeros(self.width, self.model.cfg.d_model)
+
+    def redraw(self, rows: np.ndarray, silent_until_s: float) -> None:
+        """Draw ``rows``' pending events again from the hidden states they were drawn from (``keep_hidden``),
+        given no event until ``silent_until_s``: after ``exclude`` changed what the customers may do."""
+        n, rows = len(rows), self._padded(rows)
+        silent_h = np.maximum((silent_until_s - self.time_s[rows]) / 3600.0, 0.0)
+        silent_h[n:] = 0.0
+        with network_calls():
+            self._store(rows, self._draw(self.hidden[torch.from_numpy(rows)], rows, silent_h))
+
+    def mark_probabilities(self, rows: np.ndarray, type_: int, time_s: np.ndarray) -> list[np.ndarray]:
+        """Per mark, (rows, values) probabilities of an event of ``type_`` at ``time_s`` for ``rows``, as the
+        model would draw its marks there (``keep_hidden``): what the logged policy would have shown."""
+        gap_h = np.maximum((time_s - self.time_s[rows]) / 3600.0, MIN_GAP_HOURS)
+        at = self._at(rows, time_s, gap_h)
+        with network_calls(), torch.no_grad():
+            model = self.model
+            h = self.hidden[torch.from_numpy(rows)]
+            q = model.query(h, torch.from_numpy(at["calendar"]), torch.from_numpy(np.log(gap_h).astype(np.float32)),
+                            torch.from_numpy(at["context"]), torch.from_numpy(at["seen"]))
+            cond = q + model.next_type_emb(torch.full((len(rows),), type_, dtype=torch.long))
+            return [torch.softmax(head(cond).double(), -1).numpy() for head in model.mark_heads]
 
     # -- moves ------------------------------------------------------------------------------------------------
     def propose(self, rows: np.ndarray | None = None, silent_until_s: float | np.ndarray | None = None) -> None:
@@ -141,6 +177,8 @@ class Rollout:
         with network_calls():
             if rows is None:
                 h = self.model.step(self.token, self.static, self.cache)
+                if self.hidden is not None:
+                    self.hidden[:] = h
                 self._store(slice(None), self._draw(h, slice(None)))
                 return
             silent_h = None
@@ -150,7 +188,10 @@ class Rollout:
             rows = self._padded(rows)
             if silent_h is not None:
                 silent_h = np.concatenate([silent_h, np.zeros(len(rows) - n)])
-            self._store(rows, self._draw(self._step(rows), rows, silent_h))
+            h = self._step(rows)
+            if self.hidden is not None:
+                self.hidden[torch.from_numpy(rows)] = h
+            self._store(rows, self._draw(h, rows, silent_h))
 
     def feed(self, rows: np.ndarray) -> None:
         """Feed each row's latest token to the model without drawing (replaying a known history)."""
@@ -276,7 +317,9 @@ class Rollout:
         users, steps, time_s = self.user[rows], self.steps[rows], self.time_s[rows]
         memory_now = self.token["memory"][rows if isinstance(rows, slice) else torch.from_numpy(rows)]
         u = kernels.uniforms(self.seed, users, steps, PURPOSE_TIME, 3 * model.time.types)
-        gap_h, log_hazard = model.time.sample(h, time_s, u, MIN_GAP_HOURS, silent_h)
+        gap_h, log_hazard = model.time.sample(h, time_s, u, MIN_GAP_HOURS, silent_h, self.excluded)
+        if self.excluded is not None:
+            log_hazard[:, self.excluded] = -np.inf  # the type's intensity is the environment's, never the customer's
         t_next = time_s + gap_h * 3600.0
         if self.schema.resolution.is_day:  # a model of dates reads dates: the next step sees what the log had
             t_next = self._on_dates(t_next, time_s, silent_h)

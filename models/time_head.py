@@ -40,6 +40,7 @@ LOG_SCALE_RANGE = (-7.0, 3.0)
 GRID_LOGIT_BOUND = 80.0  # exp(+-80) is a normal float32, and 192 bins of exp(80) sum below its maximum
 FUSED_CHUNK_ROWS = 1024  # rows per fused draw (measured: 4,096 at once was a quarter slower)
 NEVER_HOURS = 1e6  # where a row's next event lands when every type's latent time is "never" (114 years)
+NEVER_GATE = torch.tensor([0.0, 0.0, 1.0])  # the part weights of a type that never comes (mixture, grid, never)
 
 
 def mixture_log_prob(params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +151,7 @@ class TimeHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float = 0.0,
-               silent_h: np.ndarray | None = None):
+               silent_h: np.ndarray | None = None, excluded: np.ndarray | None = None):
         """(gaps in hours from ``time_s``, one per row of ``h``; every type's log hazard at that gap, (rows,
         types)). ``u`` (rows, 3 x types) holds three uniforms per type: the first picks the part, the others
         draw within it. The gap is the earliest of the types' times, and at least ``min_gap_h``; where every
@@ -162,6 +163,10 @@ class TimeHead(nn.Module):
         after c"), which is the survival term training scores censored customers with. Draws are exact
         (inverse CDF of the truncated parts), not rejection: a year's silence costs what an hour's does.
 
+        ``excluded`` (types,) bool, where given: types the customer never does of their own accord (controlled
+        event types, which only the environment imposes): their latent time is "never", so they take no part
+        in the competition and the gap is the earliest of the other types' times.
+
         Rows without silence are drawn by one fused Numba kernel over the raw network outputs
         (``kernels.sample_competing_times``); silent rows, and every row where the grid's logits are not
         bounded enough to exponentiate in float32, by the vectorised torch/numpy path (:meth:`_sample_parts`),
@@ -170,20 +175,22 @@ class TimeHead(nn.Module):
         u = u.reshape(n, self.types, 3)
         silent = np.zeros(n, dtype=bool) if silent_h is None else silent_h > 0
         fused = ~silent if self._grid_exp_is_safe() else np.zeros(n, dtype=bool)
+        excluded = excluded if excluded is not None and excluded.any() else None
         if fused.all():
-            return self._sample_fused(h, time_s, u, min_gap_h)
+            return self._sample_fused(h, time_s, u, min_gap_h, excluded)
         if not fused.any():
-            return self._sample_parts(h, time_s, u, min_gap_h, silent, silent_h)
+            return self._sample_parts(h, time_s, u, min_gap_h, silent, silent_h, excluded)
         gaps, log_hazard = np.empty(n), np.empty((n, self.types))
         index = np.flatnonzero(fused)
         gaps[index], log_hazard[index] = self._sample_fused(h[torch.from_numpy(index)], time_s[index], u[index],
-                                                            min_gap_h)
+                                                            min_gap_h, excluded)
         index = np.flatnonzero(~fused)
         gaps[index], log_hazard[index] = self._sample_parts(h[torch.from_numpy(index)], time_s[index], u[index],
-                                                            min_gap_h, silent[index], silent_h[index])
+                                                            min_gap_h, silent[index], silent_h[index], excluded)
         return gaps, log_hazard
 
-    def _sample_fused(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float):
+    def _sample_fused(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float,
+                      excluded: np.ndarray | None = None):
         """:meth:`sample` of rows without silence: the network's outputs, then one Numba kernel, in chunks of
         rows (a grid is 8 days x 24 hours x types floats a row: a chunk's grids stay near the core)."""
         n = len(time_s)
@@ -192,6 +199,8 @@ class TimeHead(nn.Module):
         for a in range(0, n, FUSED_CHUNK_ROWS):
             b = min(n, a + FUSED_CHUNK_ROWS)
             log_gate, mixture, grid = rowwise(self._raw_parts, h[a:b], day0[a:b])
+            if excluded is not None:
+                log_gate[:, torch.from_numpy(excluded)] = NEVER_GATE.log()
             grid_all = grid.sum(-2).unflatten(-1, (self.types, 24)).sum(-1)
             gaps[a:b], log_hazard[a:b] = kernels.sample_competing_times(
                 log_gate.numpy(), mixture.numpy(), grid.numpy(), grid_all.numpy(), x[a:b], u[a:b], min_gap_h,
@@ -199,7 +208,7 @@ class TimeHead(nn.Module):
         return gaps, log_hazard
 
     def _sample_parts(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float,
-                      silent: np.ndarray, silent_h: np.ndarray | None):
+                      silent: np.ndarray, silent_h: np.ndarray | None, excluded: np.ndarray | None = None):
         """:meth:`sample` with torch and numpy over the parts (:meth:`parts`): any rows, silent or not."""
         n, k = len(time_s), self.types
         x = clock_hours(time_s)
@@ -210,6 +219,8 @@ class TimeHead(nn.Module):
         gate = parts[0].double().exp().numpy()
         if silent.any():
             gate[silent] = self._gate_given_silence(parts, np.flatnonzero(silent), x, silent_h)
+        if excluded is not None:
+            gate[:, excluded] = NEVER_GATE.numpy()
         part = (u[..., 0] >= gate[..., 0]).astype(np.int64) + (u[..., 0] >= gate[..., 0] + gate[..., 1])
         rows, types = np.nonzero((part == 0) & ~silent[:, None])
         if len(rows):

@@ -33,6 +33,7 @@ from twinsim.models.rollout import Events, Rollout
 from twinsim.models.rowwise import MIN_ROWS, one_thread
 from twinsim.models.transformer import EventTransformer, KVCache
 from twinsim.scenarios.scenario import Campaign, Scenario
+from twinsim.simulator.decisions import Decisions, DecisionSpec
 from twinsim.simulator.interventions import ARMS, Targeting, shocked_context
 from twinsim.simulator.population import History, Population, as_utc
 from twinsim.simulator.sink import Output, part_name
@@ -61,6 +62,7 @@ class RunSpec:
     end_s: float
     cache_rows: int  # rows of the key-value cache: the largest cohort + MIN_ROWS
     population: int = 0  # users in the run (cohorts' budget shares); 0: the cohort is the whole population
+    decisions: DecisionSpec | None = None  # a policy in the loop (``decisions.py``), from ``start_s`` on
 
 
 @dataclass
@@ -123,6 +125,13 @@ class Cohort:
         self.written = 0
         self.total_days = int(round((spec.end_s - spec.begin_s) / DAY_S))
         self.stats = {"users": n, "events": 0, "history_events": 0, "exposures": 0, "ended": 0}
+        self.decisions = None
+        if spec.decisions is not None:
+            self.decisions = Decisions(spec.decisions, loaded.schema, self.roll, part.users, members, spec.seed,
+                                       spec.start_s)
+            self.controlled = [loaded.schema.event_types.index(spec.decisions.event_type)]
+            if part.history is not None or spec.start_s <= spec.begin_s:  # no sampled warm-up: controlled at once
+                self.roll.exclude(self.controlled)
         silent_until = None
         if part.history is not None:
             self._replay(part.history)
@@ -134,10 +143,17 @@ class Cohort:
         env.process(self._stepper(env))
         for j, c in enumerate(self.campaigns):
             env.process(self._campaign(env, j, c))
+        if self.decisions is not None:
+            env.process(self._policy(env))
         env.run()
         self._write_exposures()
         self._write_assignments()
         self.stats["ended"] = int((~self.active).sum())
+        if self.decisions is not None:
+            table = self.decisions.table()
+            if table is not None:
+                self.run.out.write_parquet(table, "decisions", part_name(self.cohort))
+            self.stats["policy"] = self.decisions.finish()
         if self.campaigns:
             self.stats["campaigns"] = self.targeting.counts()
         return self.stats
@@ -169,6 +185,23 @@ class Cohort:
                 self.armed[j, rows[hit]] = as_utc(until).timestamp()
                 self.delay[j, rows[hit]] = TRIGGER_DELAY_S[0] + (TRIGGER_DELAY_S[1] - TRIGGER_DELAY_S[0]) * u[hit, 0]
 
+    def _policy(self, env: simpy.Environment):
+        """At the run's start the controlled type becomes the environment's (after a sampled warm-up in which
+        the model drew it: pending draws are drawn again without it); then, for a learning policy, every day
+        the outcomes whose window has closed are fed back (so the stepper runs at most a day ahead)."""
+        run = self.run
+        yield env.timeout((run.start_s - run.begin_s) / DAY_S - env.now)
+        if self.roll.excluded is None:
+            self.roll.exclude(self.controlled)
+            drawn = np.flatnonzero(self.active & ~self.imposed)
+            if len(drawn):
+                self.roll.redraw(drawn, run.start_s)
+        if not self.decisions.learns:
+            return
+        while env.now < self.total_days:
+            self.decisions.feed_back(run.begin_s + env.now * DAY_S)
+            yield env.timeout(1)
+
     # -- stepping ---------------------------------------------------------------------------------------------
     def _advance(self, horizon_s: float) -> None:
         """Commit every event due before ``horizon_s`` (opportunities before the drawn event come first)."""
@@ -176,9 +209,18 @@ class Cohort:
         while True:
             t_push = self.push.min(axis=0) if len(self.campaigns) else np.full(self.n, np.inf)
             t_next = roll.pending["t_next"][: self.n]
-            rows = np.flatnonzero(self.active & (np.minimum(t_next, t_push) < horizon_s))
+            soonest = np.minimum(t_next, t_push)
+            if self.decisions is not None:
+                soonest = np.minimum(soonest, self.decisions.due)
+            rows = np.flatnonzero(self.active & (soonest < horizon_s))
             if not len(rows):
                 return
+            if self.decisions is not None:  # a decision due before the row's next event: ask, maybe show
+                due = self.decisions.due[rows]
+                deciding = rows[(due <= np.minimum(t_next[rows], t_push[rows])) & ~self.imposed[rows]]
+                if len(deciding):
+                    self._show(deciding)
+                    continue
             pushed = rows[(t_push[rows] <= t_next[rows]) & ~self.imposed[rows]]  # (an exposure first commits)
             if len(pushed):
                 waiting, passed = self._expose(pushed, t_next)
@@ -189,6 +231,8 @@ class Cohort:
             own = ~self.imposed[rows]
             self.imposed[rows] = False
             self.targeting.observe(rows, events.type, events.marks, events.time_s, own)
+            if self.decisions is not None:
+                self.decisions.observe(rows, events)
             for j, code in self.triggers:
                 fire = (events.type == code) & (events.time_s < self.armed[j, rows])
                 hit = rows[fire]
@@ -231,6 +275,20 @@ class Cohort:
         self.imposed[pushed[exposed]] = True
         return waiting, bool((~exposed).any())
 
+    def _show(self, rows: np.ndarray) -> None:
+        """The policy decides the pending decisions of ``rows``; the offers it shows become their next events."""
+        shown, at, product, channel = self.decisions.decide(rows)
+        if not len(shown):
+            return
+        spec, schema = self.run.decisions, self.schema
+        marks = np.zeros((len(shown), len(schema.marks)), dtype=np.int64)
+        marks[:, list(schema.marks).index(spec.mark)] = product
+        if "channel" in schema.marks:
+            marks[:, list(schema.marks).index("channel")] = channel
+        self.roll.impose(shown, at, np.full(len(shown), schema.event_types.index(spec.event_type)), marks,
+                         np.full(len(shown), np.nan))
+        self.imposed[shown] = True
+
     def _replay(self, history: History) -> None:
         """Feed each user's known events to the model in order (lockstep over event numbers); users whose
         last event is terminal stay ended."""
@@ -244,6 +302,8 @@ class Cohort:
                         history.amount[index])
             events = roll.commit(rows)
             self.targeting.observe(rows, events.type, events.marks, events.time_s, np.ones(len(rows), dtype=bool))
+            if self.decisions is not None:
+                self.decisions.observe(rows, events)
         has = lengths > 0
         last = history.offsets[1:][has] - 1
         self.active[np.flatnonzero(has)[roll.is_terminal(history.type[last])]] = False

@@ -45,6 +45,7 @@ from twinsim.models.rowwise import MIN_ROWS
 from twinsim.scenarios.scenario import load_scenario
 from twinsim.simulator import parallel, sink
 from twinsim.simulator.cohort import DAY_S, Loaded, RunSpec
+from twinsim.simulator.decisions import DecisionSpec, policy_totals
 from twinsim.simulator.population import Population, as_utc, history_population, new_population
 
 
@@ -100,11 +101,12 @@ class Progress:
 
 def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, resume: bool = False,
              overwrite: bool = False, on_progress: Callable[[Progress], None] | None = None,
-             workers: int | None = None, ray: str | None = None) -> dict:
+             workers: int | None = None, ray: str | None = None, decisions: DecisionSpec | None = None) -> dict:
     """Simulate ``config`` with the model in ``model_dir`` into run directory ``out`` (a path, or a URI pyarrow
     opens: ``s3://bucket/run``); returns the manifest. The cohorts run in ``workers`` processes (default 1:
     this one), or with ``ray`` (an address, ``auto``, or ``local``: a new instance of ``workers`` CPUs, default
-    every core) as Ray tasks (``parallel.py``); the output is the same bits either way."""
+    every core) as Ray tasks (``parallel.py``); the output is the same bits either way. ``decisions``: a policy
+    in the loop from the start (``decisions.py``), its decisions in ``decisions/``."""
     config.validate()
     if workers is not None and workers < 1:
         raise TwinsimError(f"--workers must be at least 1 (got {workers}); e.g. --workers 4")
@@ -118,6 +120,9 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     start = _start(config, population)
     scenario = load_scenario(config.scenario, schema, start.tz_localize(None))
     _check_inside(scenario, start.tz_localize(None), config.days)
+    if decisions is not None:
+        decisions.check(schema)
+        _check_policy(decisions, scenario)
     start_s = start.timestamp()
     if population.history is not None:
         first = pd.Timestamp(population.history.time_s.min(), unit="s", tz="UTC").normalize()
@@ -129,6 +134,8 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                 "model": str(model_dir),
                 "model_sha256": model_sha256, "scenario": scenario.to_json(),
                 "scenario_sha256": hashlib.sha256(json.dumps(scenario.to_json(), sort_keys=True).encode()).hexdigest()}
+    if decisions is not None:
+        identity["policy"] = asdict(decisions)
     manifest = _open_run(output, identity, resume, overwrite)
     if ray is not None and workers is None:
         workers = parallel.default_workers()  # the CPUs of a --ray local instance
@@ -140,7 +147,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
     manifest["cohort_size"] = size
     output.write_json(manifest, "manifest.json")  # before any cohort: an attempt cut short keeps its cohorts
     spec = RunSpec(str(model_dir), model_sha256, config.seed, scenario, output, begin_s, start_s,
-                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS, len(population))
+                   start_s + config.days * DAY_S, min(size, len(population)) + MIN_ROWS, len(population), decisions)
     if not output.exists("users.parquet"):
         output.write_parquet(without_profile(population.users), "users.parquet")
     cohorts = [np.arange(i, min(i + size, len(population))) for i in range(0, len(population), size)]
@@ -171,6 +178,9 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
                                                                        "ended")}
     if scenario.campaigns:
         manifest["campaigns"] = _campaign_totals(scenario, done.values())
+    if decisions is not None:
+        manifest["policy"] = {**asdict(decisions), "name": decisions.name,
+                              **policy_totals([v["policy"] for v in done.values()])}
     seconds = time.perf_counter() - started
     manifest.update(status="complete", users=len(population), cohorts=len(cohorts), **totals,
                     seconds_this_attempt=round(seconds, 3),
@@ -192,6 +202,15 @@ def _check_inside(scenario, start: pd.Timestamp, days: int) -> None:
             raise TwinsimError(f"{scenario.source}: the shock of {s.column} starts {s.start.date()}, outside the "
                                f"simulated days {start.date()} + {days} days; start it inside (start = 0 is the "
                                "first simulated day)")
+
+
+def _check_policy(decisions: DecisionSpec, scenario) -> None:
+    """A policy's controlled event type is the policy's alone: a campaign may not impose it too."""
+    clash = [c.name for c in scenario.campaigns if c.event_type == decisions.event_type]
+    if clash:
+        raise TwinsimError(f"{scenario.source}: campaigns {clash} impose {decisions.event_type}, which the policy "
+                           "controls in this run; run the policy with the baseline scenario, or give the campaigns "
+                           "another event type")
 
 
 def _campaign_totals(scenario, cohorts) -> dict:
