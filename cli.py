@@ -420,9 +420,7 @@ def whatif(model_dir: Path, scenario: str, users: int | None, start: date | None
       twinsim whatif runs/model --scenario my_campaign.toml --history runs/world --days 30 \\
           --models runs/model-s2 runs/model-s3 -o runs/whatif-log
     """
-    import time
 
-    from twinsim.simulator.engine import Progress
     from twinsim.simulator.parallel import default_workers
     from twinsim.simulator.whatif import WhatifConfig
     from twinsim.simulator.whatif import whatif as run
@@ -430,9 +428,23 @@ def whatif(model_dir: Path, scenario: str, users: int | None, start: date | None
     config = WhatifConfig(scenario=scenario, days=days, users=users, start=str(start) if start else None,
                           history=str(history) if history else None, observed_until=observed_until,
                           history_days=history_days, seed=seed, cohort_size=cohort_size)
+    report = run(model_dir, config, output, models=models, workers=workers or default_workers(), resume=resume,
+                 overwrite=overwrite, on_progress=_labelled_progress(quiet))
+    customers = report["runs"][0]["customers"]["paired"]
+    click.echo(f"what-if of {report['scenario'].get('name', scenario)!r}: {customers:,} customers paired, "
+               f"{report['models']} model(s); {report['interval']}")
+    for line in report["summary"]:
+        click.echo(f"  {line}")
+    click.echo(f"report written to {output / 'uplift.html'} and {output / 'uplift.json'}")
+
+
+def _labelled_progress(quiet: bool):
+    """A progress printer for experiments of several runs: a line per run label, at most every 2 s."""
+    import time
+
     shown = [0.0, ""]
 
-    def on_progress(label: str, p: Progress) -> None:
+    def on_progress(label: str, p) -> None:
         now = time.monotonic()
         if quiet or (now - shown[0] < 2.0 and p.fraction < 1.0 and label == shown[1]):
             return
@@ -440,14 +452,101 @@ def whatif(model_dir: Path, scenario: str, users: int | None, start: date | None
         click.echo(f"{label}: cohort {p.cohort + 1}/{p.cohorts}  {p.date:%Y-%m-%d}  {p.events:,} events  "
                    f"{p.events_per_s:,.0f} events/s  {p.fraction:.0%} done  ETA {p.eta_s / 60:.1f} min", err=True)
 
-    report = run(model_dir, config, output, models=models, workers=workers or default_workers(), resume=resume,
-                 overwrite=overwrite, on_progress=on_progress)
-    customers = report["runs"][0]["customers"]["paired"]
-    click.echo(f"what-if of {report['scenario'].get('name', scenario)!r}: {customers:,} customers paired, "
-               f"{report['models']} model(s); {report['interval']}")
-    for line in report["summary"]:
+    return on_progress
+
+
+def _parse_values(ctx, param, value: str | None) -> dict[str, float]:
+    """--values savings=120,mortgage=900 or a JSON file {"savings": 120, ...}."""
+    if not value:
+        return {}
+    if Path(value).is_file():
+        try:
+            table = json.loads(Path(value).read_text())
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"{value} is not JSON ({e}); e.g. {{\"savings\": 120, \"mortgage\": 900}}") from e
+    else:
+        table = {}
+        for item in value.split(","):
+            name, eq, number = item.partition("=")
+            if not eq:
+                raise click.BadParameter(f"{item!r} is not PRODUCT=VALUE; e.g. --values savings=120,mortgage=900 "
+                                         "or a JSON file")
+            table[name.strip()] = number
+    try:
+        return {str(k): float(v) for k, v in table.items()}
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(f"every value must be a number ({e}); e.g. --values savings=120,mortgage=900") from e
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--policy", "policies", multiple=True, required=True,
+              help="A policy under test (repeat for several): random, logged, popular, segment-greedy, "
+                   "epsilon-greedy:epsilon=0.1, thompson, fixed:product=savings, module:Class, file.py:Class, "
+                   "or http://HOST:PORT/PATH.")
+@click.option("-n", "--users", type=int, default=None, help="New synthetic customers (with --start).")
+@click.option("--start", default=None, callback=_parse_date,
+              help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends).")
+@click.option("--history", "history", type=click.Path(path_type=Path), default=None,
+              help="Instead of --users: an event log whose customers are continued from the end of its observation.")
+@click.option("--observed-until", "observed_until", default=None,
+              help="With --history: when the log's observation ended (as for simulate).")
+@click.option("--days", default=30, show_default=True, help="Simulated days with the policy deciding.")
+@click.option("--history-days", default=30, show_default=True,
+              help="Days of history sampled for new customers before --start (the bank's own offers).")
+@click.option("--share", default=1.0, show_default=True,
+              help="Share of trigger events (logins) that are decision points (each customer's own draw).")
+@click.option("--trigger", default="login", show_default=True, help="The event type that is a decision point.")
+@click.option("--values", "values", default=None, callback=_parse_values,
+              help="Revenue per purchase: savings=120,mortgage=900 or a JSON file (default 1 per purchase).")
+@click.option("--concurrency", default=16, show_default=True, help="HTTP policies: requests in flight.")
+@click.option("--timeout", "timeout_s", default=1.0, show_default=True, help="HTTP policies: seconds per request.")
+@click.option("--fallback", default=None,
+              help="HTTP policies: the product shown when the service fails or times out (default: nothing).")
+@click.option("--seed", default=0, show_default=True, help="Seed of every user's random streams, in every run.")
+@click.option("--cohort-size", type=int, default=None,
+              help="Customers simulated together; a learning policy learns from its cohort (default: up to 16,384).")
+@click.option("--workers", type=int, default=None,
+              help="Processes the cohorts run in (default: the cores available); the output does not depend on it.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Recommend directory: policies/K-NAME/ (one simulate run each), report.json, report.html.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted recommend in --output (same options).")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it holds something.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def recommend(model_dir: Path, policies: tuple[str, ...], users: int | None, start: date | None,
+              history: Path | None, observed_until: str | None, days: int, history_days: int, share: float,
+              trigger: str, values: dict, concurrency: int, timeout_s: float, fallback: str | None, seed: int,
+              cohort_size: int | None, workers: int | None, output: Path, resume: bool, overwrite: bool,
+              quiet: bool) -> None:
+    """Recommenders in the loop: each policy decides what the same customers are shown at their logins.
+
+    Every policy runs on the same customers with common random numbers (same seed, start, days and decision
+    points); the model draws what each customer does with what they are shown (clicks, purchases, fatigue,
+    churn). Writes report.json and a self-contained report.html: decisions, shows, CTR, purchases per show,
+    revenue, coverage, diversity, fatigue, churn, product-mix drift and, for HTTP policies, latency and
+    failures. docs/recommenders.md explains the policy interface and the report.
+
+    \b
+    Examples:
+      twinsim recommend runs/model --policy random --policy logged --policy thompson \\
+          --users 5000 --start 2025-06-01 --days 28 --share 0.25 -o runs/recommend
+      twinsim recommend runs/model --policy http://127.0.0.1:8080/recommend --concurrency 32 --timeout 0.5 \\
+          --users 2000 --start 2025-06-01 --days 7 -o runs/recommend-http
+    """
+    from twinsim.simulator.parallel import default_workers
+    from twinsim.simulator.recommend.run import RecommendConfig
+    from twinsim.simulator.recommend.run import recommend as run
+
+    config = RecommendConfig(days=days, users=users, start=str(start) if start else None,
+                             history=str(history) if history else None, observed_until=observed_until,
+                             history_days=history_days, seed=seed, cohort_size=cohort_size, share=share,
+                             trigger=trigger, values=values, concurrency=concurrency, timeout_s=timeout_s,
+                             fallback=fallback)
+    report = run(model_dir, list(policies), config, output, workers=workers or default_workers(), resume=resume,
+                 overwrite=overwrite, on_progress=_labelled_progress(quiet))
+    for line in report.get("summary", []):
         click.echo(f"  {line}")
-    click.echo(f"report written to {output / 'uplift.html'} and {output / 'uplift.json'}")
+    click.echo(f"report written to {output / 'report.html'} and {output / 'report.json'}")
 
 
 def _parse_response(ctx, param, value: str | None) -> tuple[str, str] | None:
