@@ -30,7 +30,7 @@ from aiohttp import web
 STATS = web.AppKey("stats", dict)
 
 
-def _share(seed: int, key: str) -> float:
+def request_share(seed: int, key: str) -> float:
     """A uniform in [0, 1) that is a pure function of (seed, key)."""
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
@@ -49,7 +49,7 @@ def choose(request: dict) -> str | None:
             return product
     if not products:
         return None
-    start = int(_share(0, str(request["user_id"])) * len(products))
+    start = int(request_share(0, str(request["user_id"])) * len(products))
     for k in range(len(products)):
         product = products[(start + k) % len(products)]
         if product not in bought:
@@ -83,7 +83,7 @@ def make_app(error_share: float = 0.0, stall_share: float = 0.0, stall_s: float 
             except (ValueError, KeyError, TypeError) as e:
                 stats["bad_requests"] += 1
                 return web.json_response({"error": f"bad request: {e}"}, status=400)
-            u = _share(seed, request_id)
+            u = request_share(seed, request_id)
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000.0)
             if u < error_share:
