@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 
 from twinsim.scenarios.policies import load_policy
-from twinsim.scenarios.policies.example_service import fetch_stats, request_share, serve_in_thread
+from twinsim.scenarios.policies.example_service import fetch_stats, make_app, request_share, serve_in_thread
 from twinsim.scenarios.policies.http import HttpPolicy
-from twinsim.scenarios.policy import Catalogue, DecisionBatch, Outcomes, PolicyError, as_actions
+from twinsim.scenarios.policy import Actions, Catalogue, DecisionBatch, Outcomes, PolicyError, as_actions
 
 CATALOGUE = Catalogue(products=["savings", "loan", "card"])
 
@@ -199,3 +199,21 @@ def test_close_reopens_and_a_pickled_copy_works():
         assert copy.stats()["calls"] == 12  # the counts travel with the copy
         copy.close()
         policy.close()
+
+
+def test_propensities_may_be_missing_per_request_but_not_wrong():
+    products = np.array(["loan", None], dtype=object)
+
+    checked = as_actions(Actions(product=products, propensity=np.array([0.5, np.nan])), 2, CATALOGUE, "p")
+    assert checked.propensity[0] == 0.5 and np.isnan(checked.propensity[1])
+    for wrong in (0.0, np.inf, 1.5):
+        with pytest.raises(PolicyError, match=r"numbers in \(0, 1\]"):
+            as_actions(Actions(product=products, propensity=np.array([0.5, wrong])), 2, CATALOGUE, "p")
+
+
+def test_the_example_service_names_bad_failure_shares():
+
+    with pytest.raises(ValueError, match="error_share=1.5"):
+        make_app(error_share=1.5)
+    with pytest.raises(ValueError, match="lower one of them"):
+        make_app(error_share=0.6, stall_share=0.6)
