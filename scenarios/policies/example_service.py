@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app = make_app(args.error_share, args.stall_share, args.stall_s, args.delay_ms, args.seed)
     except ValueError as e:
-        parser.error(str(e).replace("_share", "-share").replace("stall_s", "stall-s").replace("delay_ms", "delay-ms"))
+        message = str(e)
+        for name in ("error_share", "stall_share", "stall_s", "delay_ms"):  # the options' names on the command line
+            message = message.replace(f"{name}=", f"--{name.replace('_', '-')} ").replace(name, name.replace("_", "-"))
+        parser.error(message)
     print(f"recommender at http://{args.host}:{args.port}/recommend (stats: /stats, feedback: /feedback)", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
 
