@@ -104,7 +104,7 @@ def test_the_example_rule_and_the_concurrency_limit():
 def test_stalls_time_out_and_errors_take_the_fallback():
     n = 40
     with (serve_in_thread(error_share=0.25, stall_share=0.25, stall_s=5.0, seed=3) as url,
-          bound(url + "/recommend", concurrency=n, timeout_s=0.2, fallback="savings") as policy):
+          bound(url + "/recommend", concurrency=n, timeout_s=0.5, fallback="savings") as policy):
         actions = policy.decide(batch(n))
         stats = policy.stats()
     share = np.array([request_share(3, f"u{i}:0") for i in range(n)])
@@ -112,7 +112,7 @@ def test_stalls_time_out_and_errors_take_the_fallback():
     assert 0 < errors.sum() < n and 0 < stalls.sum() < n
     assert list(actions.failure[errors]) == ["http 503"] * errors.sum()
     assert list(actions.failure[stalls]) == ["timeout"] * stalls.sum()
-    assert np.all(actions.latency_ms[stalls] >= 200)
+    assert np.all(actions.latency_ms[stalls] >= 500)
     assert np.all(actions.product[errors | stalls] == "savings")
     assert np.all(np.isnan(actions.propensity[errors | stalls])) and np.all(actions.propensity[~(errors | stalls)] == 1)
     assert stats["failures"] == {"http 503": errors.sum(), "timeout": stalls.sum()}
