@@ -104,7 +104,8 @@ class DecisionBatch:
 @dataclass
 class Actions:
     """One answer per request: ``product`` (object array: a catalogue product, or None for nothing);
-    ``propensity``: the probability with which the policy chose that answer (None: not given);
+    ``propensity``: the probability with which the policy chose that answer (None: not given; NaN: not
+    given for that request);
     ``probabilities`` (n, products + 1; the last column is "nothing"): the policy's whole distribution,
     which off-policy estimators use (None: not given; a deterministic policy's is its choice).
     An adapter that stands in for a remote policy (``policies/http.py``) also fills ``failure`` (object:
@@ -177,9 +178,10 @@ def as_actions(answer, n: int, catalogue: Catalogue, where: str) -> Actions:
     propensity = None
     if actions.propensity is not None:
         propensity = np.asarray(actions.propensity, dtype=float).reshape(-1)
-        if len(propensity) != n or np.any(~np.isfinite(propensity)) or np.any((propensity <= 0) | (propensity > 1)):
-            raise PolicyError(f"{where}: decide() returned propensities that are not {n} numbers in (0, 1]; "
-                              "a propensity is the probability with which the policy chose its answer")
+        if len(propensity) != n or np.any(np.isinf(propensity)) or np.any((propensity <= 0) | (propensity > 1)):
+            raise PolicyError(f"{where}: decide() returned propensities that are not {n} numbers in (0, 1] (or NaN: "
+                              "not given for that request); a propensity is the probability with which the policy "
+                              "chose its answer")
     probabilities = None
     if actions.probabilities is not None:
         probabilities = np.asarray(actions.probabilities, dtype=float)
