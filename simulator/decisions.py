@@ -283,15 +283,27 @@ def policy_totals(cohorts: list[dict]) -> dict:
            "policy_seconds": round(sum(c["policy_seconds"] for c in cohorts), 3)}
     services = [c["service"] for c in cohorts if "service" in c]
     if services:
-        service: dict = {}
-        for key in services[0]:
-            values = [s[key] for s in services if isinstance(s.get(key), (int, float))]
-            if not values:
-                continue
-            summed = key in ("calls", "answered", "fallbacks") or key.endswith(("_count", "timeouts", "errors"))
-            service[key] = sum(values) if summed else max(values)
-        out["service"] = service
+        out["service"] = service_totals(services)
     return out
+
+
+def service_totals(services: list[dict]) -> dict:
+    """An HTTP policy's ``stats()`` of every cohort as one: counts summed, calls per second over the time
+    spent calling, the most in flight; latency percentiles come from the decisions' ``latency_ms``."""
+    calls = sum(s["calls"] for s in services)
+    busy = sum(s["calls"] / s["calls_per_s"] for s in services if s["calls"] and s["calls_per_s"] > 0)
+    merged = {}
+    for key in ("failures", "feedback_failures"):
+        merged[key] = {}
+        for s in services:
+            for k, v in s.get(key, {}).items():
+                merged[key][k] = merged[key].get(k, 0) + v
+    return {"url": services[0]["url"], "concurrency": services[0]["concurrency"],
+            "timeout_s": services[0]["timeout_s"], "calls": calls,
+            **{k: sum(s[k] for s in services) for k in ("answered", "fallbacks", "feedback_posts",
+                                                        "feedback_outcomes")},
+            **merged, "calls_per_s": calls / busy if busy > 0 else None,
+            "max_in_flight": max(s["max_in_flight"] for s in services)}
 
 
 def _code(schema: Schema, name: str) -> int:

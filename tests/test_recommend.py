@@ -116,3 +116,36 @@ def test_the_logged_policy_shows_what_the_model_would(random_run, model_dir, tmp
     mix = decisions["product"].value_counts(normalize=True)
     bank = history.loc[history.event_type == "offer_shown", "product"].value_counts(normalize=True)
     assert np.abs(mix.reindex(bank.index, fill_value=0) - bank).sum() < 0.5  # the bank's mix, roughly
+
+
+def test_an_http_policy_in_the_loop_counts_its_failures(model_dir, tmp_path):
+    from twinsim.scenarios.policies.example_service import fetch_stats, serve_in_thread
+
+    with serve_in_thread(error_share=0.1, stall_share=0.05, stall_s=2.0) as base:
+        spec = DecisionSpec(policy=f"{base}/recommend", share=0.5,
+                            http={"concurrency": 8, "timeout_s": 0.3, "fallback": "savings"})
+        manifest = simulate(model_dir, SimulateConfig(**{**CONFIG, "users": 60}), tmp_path / "h", overwrite=True,
+                            decisions=spec)
+        served = fetch_stats(base)
+    decisions = pd.read_parquet(tmp_path / "h" / "decisions")
+    policy = manifest["policy"]
+    assert policy["service"]["calls"] == len(decisions) == policy["decisions"] > 20
+    failed = decisions["failure"].notna()
+    assert failed.any() and (decisions.loc[failed, "product"] == "savings").all()  # the fallback, counted
+    assert set(decisions.loc[failed, "failure"]) <= {"http 503", "timeout"}
+    assert decisions.loc[failed, "failure"].value_counts().to_dict() == policy["failures"]
+    assert decisions["latency_ms"].notna().all() and served["requests"] >= len(decisions)
+
+
+def test_recommend_refuses_a_dead_url_before_simulating(model_dir, tmp_path):
+    import socket
+
+    from twinsim.simulator.recommend.run import RecommendConfig, recommend
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(PolicyError, match="nothing listens"):
+        recommend(model_dir, [f"http://127.0.0.1:{port}/recommend"], RecommendConfig(users=20, start="2025-03-01",
+                                                                                     days=2), tmp_path / "dead")
+    assert not (tmp_path / "dead").exists()
