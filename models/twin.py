@@ -5,6 +5,7 @@
 >>> users, events = twin.sample(1000, start="2025-01-01", days=90)     # doctest: +SKIP
 >>> twin.save("runs/model"); twin = TwinModel.load("runs/model")       # doctest: +SKIP
 >>> report = twin.whatif("travel_card_push", "runs/whatif", users=10_000, start="2025-06-01", days=30)  # doctest: +SKIP
+>>> report = twin.recommend(["random", "thompson"], "runs/rec", users=5000, start="2025-06-01")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -79,3 +80,21 @@ class TwinModel:
                               history=None if history is None else str(history), history_days=history_days, seed=seed)
         others = [m.directory if isinstance(m, TwinModel) else Path(m) for m in models]
         return run(self.directory, config, out, models=others, workers=workers, resume=resume, overwrite=overwrite)
+
+    def recommend(self, policies: Sequence[str], out: str | Path, *, users: int | None = None,
+                  start: str | pd.Timestamp | None = None, history: str | Path | None = None, days: int = 30,
+                  share: float = 1.0, values: dict[str, float] | None = None, seed: int = 0, history_days: int = 30,
+                  workers: int | None = None, resume: bool = False, overwrite: bool = False, **options) -> dict:
+        """``twinsim recommend``: every policy of ``policies`` (specs: a built-in, module:Class, file.py:Class or
+        an http:// URL) decides what the same customers are shown at their logins (``share`` of them), the model
+        draws their answers; returns the report also written to ``out/report.json`` (docs/recommenders.md).
+        ``options``: the rest of :class:`~twinsim.simulator.recommend.run.RecommendConfig` (trigger,
+        concurrency, timeout_s, fallback, cohort_size, observed_until)."""
+        from twinsim.simulator.recommend.run import RecommendConfig
+        from twinsim.simulator.recommend.run import recommend as run
+
+        first = None if start is None else str(pd.Timestamp(start).date())
+        config = RecommendConfig(days=days, users=users, start=first,
+                                 history=None if history is None else str(history), history_days=history_days,
+                                 seed=seed, share=share, values=dict(values or {}), **options)
+        return run(self.directory, list(policies), config, out, workers=workers, resume=resume, overwrite=overwrite)
