@@ -104,8 +104,9 @@ def _value(text: str):
 def _construct(cls, options: dict, spec: str) -> Policy:
     try:
         policy = cls(**options)
-    except TypeError as e:
-        raise PolicyError(f"--policy {spec!r}: {e} (options go to the class as keyword arguments)") from e
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"--policy {spec!r}: {e} (options go to the class as keyword arguments, separated by "
+                          "commas: epsilon-greedy:epsilon=0.1,by=segment)") from e
     if not callable(getattr(policy, "decide", None)):
         raise PolicyError(f"--policy {spec!r}: {type(policy).__name__} has no decide(batch) method; a policy answers "
                           "a DecisionBatch with one action per request (docs/recommenders.md)")
