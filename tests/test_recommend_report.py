@@ -94,7 +94,9 @@ def test_one_policys_figures_have_their_known_values():
     assert (m["customers"], m["decisions"], m["shows"], m["clicks"], m["purchases"]) == (5, 7, 5, 3, 1)
     assert m["show_rate"] == pytest.approx(5 / 7)
     assert m["ctr"]["value"] == pytest.approx(0.6)
-    assert m["ctr"]["ci"][0] < 0.6 < m["ctr"]["ci"][1]
+    # clustered by customer: z = clicks - 0.6 shows per customer = (0.2, 0.4, 0, -0.6, 0), var(z) / 5
+    assert m["ctr"]["se"] == pytest.approx(math.sqrt(0.14 / 5))
+    assert m["ctr"]["ci"] == pytest.approx([0.6 - Z95 * m["ctr"]["se"], 0.6 + Z95 * m["ctr"]["se"]])
     assert m["purchases_per_show"]["value"] == pytest.approx(0.2)
     assert m["revenue"] == 10.0 and m["revenue_per_decision"]["value"] == pytest.approx(10 / 7)
     assert m["coverage"]["products"] == pytest.approx(2 / 3) and m["coverage"]["customers"] == pytest.approx(0.6)
@@ -109,6 +111,7 @@ def test_one_policys_figures_have_their_known_values():
     # churn: u1..u4 were customers at the start, u3 closed on day 20, u4 on day 35; 40 days: no 90-day figure
     assert m["churn_customers"] == 4
     assert m["churn_30"]["value"] == pytest.approx(0.25)
+    assert m["churn_30"]["ci"][0] == 0.0 < m["churn_30"]["ci"][1] < 1.0  # a share's interval stays in [0, 1]
     assert m["churn_90"]["value"] is None
     weeks = m["drift"]["weeks"]
     assert len(weeks) == 6 and [w["shows"] for w in weeks] == [3, 2, 0, 0, 0, 0]

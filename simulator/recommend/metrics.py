@@ -153,13 +153,15 @@ def _sums(decisions, events, users, shows, start, end, terminal_types) -> pd.Dat
 
 def ratio(sums: pd.DataFrame, name: str) -> dict:
     """The ratio :data:`RATIOS`[name] over ``sums``'s customers: value, se and a 95 % interval (delta method,
-    clustered by customer); null figures where it is undefined (no denominator, or the run is too short)."""
+    clustered by customer; cut to [0, 1] for shares, at 0 for revenue); null where it is undefined (no
+    denominator, or the run is too short)."""
     num, den = (sums[c].to_numpy(float) for c in RATIOS[name])
     value, z = _linearised(num, den)
     out = {"value": value, "se": None, "ci": None, "n": int(len(num))}
     if value is not None and len(z) > 1:
         se = float(np.sqrt(z.var(ddof=1) / len(z)))
-        out.update(se=se, ci=[value - Z95 * se, value + Z95 * se])
+        high = value + Z95 * se if name == "revenue_per_decision" else min(value + Z95 * se, 1.0)  # shares: <= 1
+        out.update(se=se, ci=[max(value - Z95 * se, 0.0), high])
     return out
 
 
