@@ -4,7 +4,9 @@ A twin run (``twinsim simulate``) holds ``manifest.json``, ``users.parquet``, ``
 ``exposures/`` and, with a control share, ``assignments/`` (``simulator/sink.py``); its window is the
 simulated days. A reference world (``twinsim reference-world``) holds ``world.json``, ``events.parquet``,
 ``users.parquet`` and, under a scenario, ``exposures.parquet`` and ``assignments.parquet``; its window is the
-world's. Either way only the events inside the window [start, end) count.
+world's. Either way only the events inside the window [start, end) count. A run with a recommender policy
+(``twinsim recommend``) also holds its decisions (twin: ``decisions/``, world: ``decisions.parquet``; one row per
+decision point, :data:`DECISION_COLUMNS`) and its manifest a ``policy`` section (an HTTP policy's ``stats``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import read_manifest
 
 EVENT_COLUMNS = ("user_id", "timestamp", "event_type", "amount")
+DECISION_COLUMNS = ("user_id", "request_id", "timestamp", "product", "propensity", "failure", "latency_ms", "policy")
 WORLD_TERMINAL = ["account_closed"]  # the reference world's one terminal type (docs/reference-world.md)
 
 
@@ -38,6 +41,8 @@ class Run:
     scenario: dict | None  # the scenario the run was made with (its JSON form)
     terminal_types: list[str]
     model: str | None = None
+    decisions: pd.DataFrame | None = None  # DECISION_COLUMNS, inside the window; None: the run had no policy
+    policy: dict | None = None  # the manifest's policy section (name, spec, stats), if any
 
     @property
     def marks(self) -> list[str]:
@@ -63,6 +68,9 @@ def read_run(path: str | Path, start: str | pd.Timestamp | None = None, end: str
                            "e.g. start 2025-06-01, end 2025-07-01")
     inside = (run.events["timestamp"] >= run.start) & (run.events["timestamp"] < run.end)
     run.events = run.events.loc[inside].reset_index(drop=True)
+    if run.decisions is not None:
+        inside = (run.decisions["timestamp"] >= run.start) & (run.decisions["timestamp"] < run.end)
+        run.decisions = run.decisions.loc[inside].reset_index(drop=True)
     return run
 
 
@@ -81,7 +89,8 @@ def _twin_run(path: Path) -> Run:
     events = _dataset(path / "events")
     return Run(path, "twin", start, end, _users(path / "users.parquet"), events,
                _optional(path / "exposures"), _optional(path / "assignments"), manifest.get("scenario"),
-               terminal if terminal is not None else detect_terminal_types(events), model)
+               terminal if terminal is not None else detect_terminal_types(events), model,
+               _decisions(path / "decisions"), manifest.get("policy"))
 
 
 def _world_run(path: Path) -> Run:
@@ -93,7 +102,8 @@ def _world_run(path: Path) -> Run:
     events = _dataset(path / "events.parquet")
     return Run(path, "world", _utc(window["start"]), _utc(window["end_exclusive"]), _users(path / "users.parquet"),
                events, _optional(path / "exposures.parquet"), _optional(path / "assignments.parquet"),
-               world.get("scenario"), list(WORLD_TERMINAL))
+               world.get("scenario"), list(WORLD_TERMINAL), None, _decisions(path / "decisions.parquet"),
+               world.get("policy"))
 
 
 def _utc(value) -> pd.Timestamp:
@@ -144,3 +154,23 @@ def _optional(path: Path) -> pd.DataFrame | None:
         return None
     frame = pd.read_parquet(path)
     return _text(frame.drop(columns=[c for c in ("date",) if c in frame]), ["user_id", "campaign", "arm"])
+
+
+def _decisions(path: Path) -> pd.DataFrame | None:
+    """A decisions table (a file or a dataset directory) with :data:`DECISION_COLUMNS`, or None where the run
+    has none. Ids and products as text (missing stays None), times in UTC, numbers as float."""
+    if not path.exists() or (path.is_dir() and not any(path.rglob("*.parquet"))):
+        return None
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("user_id", "request_id", "timestamp", "product") if c not in frame]
+    if missing:
+        raise TwinsimError(f"{path}: the decisions table has no column(s) {missing}; it holds one row per decision "
+                           f"point with {list(DECISION_COLUMNS)}; rerun `twinsim recommend` to rewrite it")
+    out = pd.DataFrame({"user_id": frame["user_id"].astype(str), "request_id": frame["request_id"].astype(str),
+                        "timestamp": pd.to_datetime(frame["timestamp"], utc=True)})
+    for c in ("product", "failure", "policy"):
+        values = frame[c] if c in frame else pd.Series(None, index=frame.index, dtype=object)
+        out[c] = values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
+    for c in ("propensity", "latency_ms"):
+        out[c] = pd.to_numeric(frame[c], errors="coerce").astype(float) if c in frame else float("nan")
+    return out.sort_values(["timestamp", "request_id"], kind="stable").reset_index(drop=True)
