@@ -149,3 +149,27 @@ def test_recommend_refuses_a_dead_url_before_simulating(model_dir, tmp_path):
         recommend(model_dir, [f"http://127.0.0.1:{port}/recommend"], RecommendConfig(users=20, start="2025-03-01",
                                                                                      days=2), tmp_path / "dead")
     assert not (tmp_path / "dead").exists()
+
+
+def test_recommend_on_the_command_line_writes_the_side_by_side_report(model_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from twinsim.cli import main
+
+    out = tmp_path / "rec"
+    result = CliRunner().invoke(main, ["recommend", str(model_dir), "--policy", "random", "--policy",
+                                       "fixed:product=savings", "--users", "60", "--start", "2025-03-01", "--days",
+                                       "5", "--history-days", "3", "--share", "0.5", "--values",
+                                       "savings=120", "--workers", "1", "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["table"]) == ["random", "fixed[product=savings]"]
+    fixed = report["table"]["fixed[product=savings]"]
+    assert fixed["coverage_products"] == pytest.approx(1 / 5)  # one product of the five
+    assert fixed["revenue"] == pytest.approx(120 * fixed["purchases"])
+    assert "<html" in (out / "report.html").read_text()
+    again = CliRunner().invoke(main, ["recommend", str(model_dir), "--policy", "random", "--policy", "random",
+                                      "--users", "10", "--start", "2025-03-01", "-o", str(tmp_path / "x")])
+    assert again.exit_code != 0 and "given twice" in again.output

@@ -115,10 +115,13 @@ def recommend(model_dir: str | Path, policies: Sequence[str], config: RecommendC
         report = None if on_progress is None else (lambda p, name=name: on_progress(name, p))
         simulate(model_dir, config.simulation(), run_dir, resume=resume and (run_dir / "manifest.json").exists(),
                  on_progress=report, workers=workers, decisions=config.decisions(spec))
+    from twinsim.models.model_dir import read_manifest
     from twinsim.simulator.recommend.report import write_report
-    from twinsim.simulator.whatif.runs import load_run
+    from twinsim.simulator.whatif.runs import read_run
 
-    about = {"environment": f"twin model {model_dir}", **asdict(config), "policies": list(policies),
-             "common_random_numbers": True}
-    return write_report({name: load_run(d) for name, d in dirs.items()}, out, values=config.values,
+    products = read_manifest(model_dir)["schema"]["marks"]["product"][1:]
+    runs = {name: read_run(d) for name, d in dirs.items()}
+    about = {"environment": f"twin model {model_dir}", "customers": len(next(iter(runs.values())).users),
+             **asdict(config), "policies": list(policies), "common_random_numbers": True}
+    return write_report(runs, out, values={p: float(config.values.get(p, 1.0)) for p in products},
                         title="twinsim recommend", about=about)
