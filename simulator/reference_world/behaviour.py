@@ -13,7 +13,7 @@ t draws never depends on how many days the window has after t.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -117,12 +117,113 @@ class DayAgent(Protocol):
     def on_day(self, chunk: Chunk, day: int, first_part: int) -> None: ...
 
 
-class Chunk:
-    """The hidden state of one chunk of customers, stepped a day at a time by ``step``."""
+class Logins(NamedTuple):
+    """A day's logins in the order they are drawn: chunk-local ``user``, ``j`` (the login of the day),
+    ``seconds`` since the window start, ``channel`` and ``u_show`` (the draw that makes it an offer slot)."""
 
-    def __init__(self, pop: Population, cal: Calendar, streams: Streams) -> None:
+    user: np.ndarray
+    j: np.ndarray
+    seconds: np.ndarray
+    channel: np.ndarray
+    u_show: np.ndarray
+
+
+class Slots(NamedTuple):
+    """Decision points (logins with an offer slot) in login order, with the draws of their offer
+    (``u``: N_OFFER_DRAWS each, streams.OFFER) and the time the offer is shown (``seconds``; ``micros``
+    adds the sub-second jitter the offer_shown event gets)."""
+
+    user: np.ndarray
+    seconds: np.ndarray
+    micros: np.ndarray
+    channel: np.ndarray
+    u: np.ndarray
+
+
+class Decisions:
+    """Every decision point of a chunk: who, when, what was shown (product code, -1: nothing), with which
+    propensity (NaN: not given), why a fallback was taken (None: the policy answered), the latency of a
+    remote call (NaN: none) and which policy decided (an index into ``names``)."""
+
+    def __init__(self, n: int) -> None:
+        self.count = np.zeros(n, np.int64)  # decisions so far, per customer
+        self.names: list[str] = []
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def number(self, user: np.ndarray, micros: np.ndarray) -> np.ndarray:
+        """The run's decision number of each new decision point (per customer, in time order); counts them."""
+        order = np.lexsort((micros, user))
+        counts = np.bincount(user, minlength=len(self.count))
+        n = np.empty(len(user), np.int64)
+        n[order] = self.count[user[order]] + st.nth(counts[counts > 0])
+        self.count += counts
+        return n
+
+    def add(self, slots: Slots, n: np.ndarray, product: np.ndarray, propensity: np.ndarray, policy: str,
+            failure: np.ndarray | None = None, latency_ms: np.ndarray | None = None) -> None:
+        if policy not in self.names:
+            self.names.append(policy)
+        k = len(slots.user)
+        self.parts.append((slots.user, n, slots.micros, np.asarray(product, np.int8),
+                           np.asarray(propensity, np.float64),
+                           np.full(k, None, object) if failure is None else np.asarray(failure, object),
+                           np.full(k, np.nan) if latency_ms is None else np.asarray(latency_ms, np.float64),
+                           np.full(k, self.names.index(policy), np.int16)))
+
+    def table(self, pop: Population, cal: Calendar, closed_at: np.ndarray) -> pa.Table:
+        """The decisions table (docs/reference-world.md), sorted by user and time; censored like the events
+        (nothing at or after the customer's closure, nothing past the window's end)."""
+        empty = (np.int64, np.int64, np.int64, np.int8, np.float64, object, np.float64, np.int16)
+        user, n, micros, product, propensity, failure, latency, policy = (
+            tuple(np.concatenate(c) for c in zip(*self.parts, strict=True)) if self.parts
+            else tuple(np.empty(0, dt) for dt in empty))
+        seconds = micros // 1_000_000
+        keep = (seconds < closed_at[user]) & (seconds < cal.days * DAY)
+        order = np.lexsort((micros[keep], user[keep]))
+        user, n, micros, product, propensity, failure, latency, policy = (
+            c[keep][order] for c in (user, n, micros, product, propensity, failure, latency, policy))
+        ids = np.asarray(pop.user_ids(), dtype=object)
+        start_us = cal.dates[0].astype("datetime64[us]").astype(np.int64)
+        return pa.table({
+            "user_id": pa.DictionaryArray.from_arrays(pa.array(user.astype(np.int32)), pa.array(pop.user_ids())),
+            "request_id": pa.array([f"{u}:{k}" for u, k in zip(ids[user], n, strict=True)], pa.string()),
+            "timestamp": pa.array(start_us + micros, pa.timestamp("us", tz="UTC")),
+            "product": pa.array(np.asarray(laws.PRODUCTS, dtype=object)[product], pa.string(), mask=product < 0),
+            "propensity": pa.array(propensity, pa.float64(), from_pandas=True),
+            "failure": pa.array(failure, pa.string()),
+            "latency_ms": pa.array(latency, pa.float64(), from_pandas=True),
+            "policy": pa.array(np.asarray(self.names or [""], dtype=object)[policy], pa.string()),
+        })
+
+
+class WorldOffers:
+    """The bank's own logging policy: an offer at a share ``laws.OFFER_SHOW_P`` of logins (each login's own
+    draw), its product drawn by segment (OFFER_CDF), logged with the probability the targeting gave it."""
+
+    name = "logged"
+
+    def at_logins(self, chunk: Chunk, day: int, logins: Logins) -> None:
+        slots = chunk.slots(day, logins, laws.OFFER_SHOW_P)
+        offer, propensity = chunk.targeted(slots)
+        chunk.decisions.add(slots, chunk.decisions.number(slots.user, slots.micros), offer, propensity, self.name)
+        chunk.respond(day, slots.user, slots.seconds, slots.channel, offer, slots.u)
+
+
+class OfferPolicy(Protocol):
+    """What shows offers at a day's logins (``WorldOffers``, or ``policy.PolicyOffers``)."""
+
+    def at_logins(self, chunk: Chunk, day: int, logins: Logins) -> None: ...
+
+
+class Chunk:
+    """The hidden state of one chunk of customers, stepped a day at a time by ``step``; ``offers`` shows
+    the offers at logins (default: the bank's own targeting)."""
+
+    def __init__(self, pop: Population, cal: Calendar, streams: Streams, offers: OfferPolicy | None = None) -> None:
         n = len(pop)
         self.pop, self.cal, self.streams, self.n = pop, cal, streams, n
+        self.offers = offers if offers is not None else WorldOffers()
+        self.decisions = Decisions(n)
         self.idx = np.arange(n)
         self.out = EventBuffer()
         self.log_engagement = np.zeros(n)
@@ -175,12 +276,8 @@ class Chunk:
         login_channel = self.session_channel(login_user, u_pref, u_other)
         out.add(login_user, login_time, "login", u_jitter, channel=login_channel)
 
-        # Offers shown at login, targeted by segment.
-        shown = u_show < laws.OFFER_SHOW_P
-        su = login_user[shown]
-        u = self.streams.draw(st.OFFER, su, day, N_OFFER_DRAWS, j[shown])
-        offer = st.categorical(u[:, 0], OFFER_CDF[seg[su]])
-        self.respond(day, su, login_time[shown] + st.integers(u[:, 1], 1, 21), login_channel[shown], offer, u)
+        # Offers shown at login: the bank's own targeting by segment, or a policy under test (policy.py).
+        self.offers.at_logins(self, day, Logins(login_user, j, login_time, login_channel, u_show))
 
         # Life-stage chain: spontaneous mortgage inquiries (the ones after a mortgage click are in respond).
         spontaneous = idx[alive & (u_mortgage < laws.MORTGAGE_INQUIRY_DAILY[seg])]
@@ -241,6 +338,21 @@ class Chunk:
         self.closed_at[leaving] = leave_time
         alive[leaving] = False
 
+    def slots(self, day: int, logins: Logins, share: float) -> Slots:
+        """The day's decision points: the logins whose slot draw is below ``share``, with their offer draws."""
+        points = logins.u_show < share
+        user = logins.user[points]
+        u = self.streams.draw(st.OFFER, user, day, N_OFFER_DRAWS, logins.j[points])
+        seconds = logins.seconds[points] + st.integers(u[:, 1], 1, 21)
+        micros = seconds * 1_000_000 + (u[:, 6] * 1_000_000).astype(np.int32)  # as EventBuffer stamps offer_shown
+        return Slots(user, seconds, micros, logins.channel[points], u)
+
+    def targeted(self, slots: Slots) -> tuple[np.ndarray, np.ndarray]:
+        """The bank's own choice at ``slots`` (by segment, OFFER_CDF) and the probability it had."""
+        segment = self.pop.segment[slots.user]
+        offer = st.categorical(slots.u[:, 0], OFFER_CDF[segment])
+        return offer, laws.OFFER_TARGETING[segment, offer]
+
     def respond(self, day: int, users: np.ndarray, shown_time: np.ndarray, channel: np.ndarray, offer: np.ndarray,
                 u: np.ndarray, campaign: int = -1) -> None:
         """Offers ``offer`` shown to ``users`` at ``shown_time``: the showing, then clicks and purchases drawn
@@ -289,10 +401,12 @@ class Chunk:
 
 
 def simulate_chunk(pop: Population, cal: Calendar, streams: Streams, on_day: Callable[[int], None] | None = None,
-                   agent: DayAgent | None = None) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    """Simulate ``cal.days`` days of the users in ``pop``: their events sorted by user and time, and the
-    campaign exposures among them (``user`` local index, ``micros`` since the window start, ``campaign``)."""
-    chunk = Chunk(pop, cal, streams)
+                   agent: DayAgent | None = None,
+                   offers: OfferPolicy | None = None) -> tuple[pa.Table, dict[str, np.ndarray], pa.Table]:
+    """Simulate ``cal.days`` days of the users in ``pop``: their events sorted by user and time, the
+    campaign exposures among them (``user`` local index, ``micros`` since the window start, ``campaign``)
+    and the decisions table of the offers at login (``offers``: default the bank's own targeting)."""
+    chunk = Chunk(pop, cal, streams, offers)
     for day in range(cal.days):
         first_part = len(chunk.out.parts)
         chunk.step(day)
@@ -300,7 +414,8 @@ def simulate_chunk(pop: Population, cal: Calendar, streams: Streams, on_day: Cal
             agent.on_day(chunk, day, first_part)
         if on_day is not None:
             on_day(day)
-    return _to_table(chunk.out, pop, cal, chunk.closed_at)
+    events, exposed = _to_table(chunk.out, pop, cal, chunk.closed_at)
+    return events, exposed, chunk.decisions.table(pop, cal, chunk.closed_at)
 
 
 def _to_table(out: EventBuffer, pop: Population, cal: Calendar,

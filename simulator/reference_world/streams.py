@@ -41,6 +41,7 @@ CLOSE = 10
 CAMPAIGN_ASSIGN = 11  # j: campaign index (day 0): reach and arm
 CAMPAIGN_TIME = 12  # j: campaign index: the exposure's time on its day
 CAMPAIGN_OFFER = 13  # j: campaign index: the response to the exposure (laid out as OFFER)
+POLICY = 14  # day 0, j: the customer's decision number of the run: a policy request's uniforms
 
 _J_BITS = 16  # the step handed to the kernel is day << _J_BITS | j
 

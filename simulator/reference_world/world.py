@@ -19,6 +19,7 @@ from twinsim.scenarios.scenario import Scenario, load_scenario
 from twinsim.simulator.reference_world import laws
 from twinsim.simulator.reference_world.behaviour import simulate_chunk
 from twinsim.simulator.reference_world.calendar import build_calendar
+from twinsim.simulator.reference_world.policy import DecisionTally, policy_setup
 from twinsim.simulator.reference_world.population import sample_population, users_table
 from twinsim.simulator.reference_world.scenario import ScenarioAgent, check_scenario, shocked_calendar
 from twinsim.simulator.reference_world.streams import Streams
@@ -57,11 +58,17 @@ def generate_reference_world(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     scenario: Scenario | str | Path | None = None,
+    policy: str | None = None,
+    policy_start: int | date | str | None = None,
+    share: float | None = None,
 ) -> dict:
     """Write ``events.parquet``, ``users.parquet``, ``context.parquet`` and ``world.json`` to ``out_dir``.
 
     ``scenario`` (a ``Scenario``, a TOML file or a built-in name) is acted out by the world's own customers
     (``scenario.py``); its exposures and assignments go to ``exposures.parquet`` and ``assignments.parquet``.
+    ``policy`` (a spec for ``scenarios.policies.load_policy``) decides which offer to show at a share ``share``
+    (default ``laws.OFFER_SHOW_P``) of logins from day ``policy_start`` (a day number or a date; default 0) on
+    (``policy.py``); every run writes ``decisions.parquet``, one row per decision point.
     ``progress`` is called with the number of user-days completed since its last call.
     Returns the manifest written to ``world.json``.
     """
@@ -70,6 +77,7 @@ def generate_reference_world(
         scenario = load_scenario(scenario, laws.world_vocabulary(), run_start=pd.Timestamp(config.start))
     if scenario is not None:
         check_scenario(scenario, scenario.source or scenario.name)
+    setup = policy_setup(policy, policy_start, share, config.days, config.start)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     started = time.perf_counter()
@@ -81,7 +89,8 @@ def generate_reference_world(
     counts = np.zeros(len(laws.EVENT_TYPES), dtype=np.int64)
     exposures, assignments = [], []
     with atomic_output_dir(out_dir, overwrite) as tmp:
-        events_writer = users_writer = None
+        events_writer = users_writer = decisions_writer = None
+        tally = DecisionTally(setup)
         try:
             for first in range(0, config.users, CHUNK_USERS):
                 size = min(CHUNK_USERS, config.users - first)
@@ -89,8 +98,9 @@ def generate_reference_world(
                 pop = sample_population(streams, first, size)
                 agent = (ScenarioAgent(scenario, pop, cal, streams, config.users, config.start)
                          if scenario is not None and scenario.campaigns else None)
-                events, exposed = simulate_chunk(pop, cal, streams,
-                                                 (lambda _day, s=size: progress(s)) if progress else None, agent)
+                events, exposed, decisions = simulate_chunk(
+                    pop, cal, streams, (lambda _day, s=size: progress(s)) if progress else None, agent,
+                    setup.offers(pop, streams, config.seed))
                 if agent is not None:
                     exposures.append(_by_user_id(pop, exposed, cal.dates[0]))
                     assignments.append(_by_user_id(pop, agent.assignments(), None))
@@ -98,17 +108,22 @@ def generate_reference_world(
                 if events_writer is None:
                     events_writer = pq.ParquetWriter(tmp / "events.parquet", events.schema, compression="zstd")
                     users_writer = pq.ParquetWriter(tmp / "users.parquet", users.schema, compression="zstd")
+                    decisions_writer = pq.ParquetWriter(tmp / "decisions.parquet", decisions.schema,
+                                                        compression="zstd")
                 events_writer.write_table(events)
                 users_writer.write_table(users)
+                decisions_writer.write_table(decisions)
+                tally.add(decisions)
                 codes = events.column("event_type").combine_chunks().indices.to_numpy()
                 counts += np.bincount(codes, minlength=len(laws.EVENT_TYPES))
         finally:
-            for writer in (events_writer, users_writer):
+            for writer in (events_writer, users_writer, decisions_writer):
                 if writer is not None:
                     writer.close()
         pq.write_table(pa.table({"date": pa.array(cal.dates), "macro_index": pa.array(cal.macro_index)}),
                        tmp / "context.parquet")
-        files = {"events": "events.parquet", "users": "users.parquet", "context": "context.parquet"}
+        files = {"events": "events.parquet", "users": "users.parquet", "context": "context.parquet",
+                 "decisions": "decisions.parquet"}
         extra = {}
         if scenario is not None:
             extra = _write_scenario_tables(tmp, scenario, exposures, assignments)
@@ -124,6 +139,7 @@ def generate_reference_world(
                        "users_closed": int(counts[laws.EVENT_TYPES.index("account_closed")]),
                        "events_by_type": {t: int(c) for t, c in zip(laws.EVENT_TYPES, counts, strict=True)}},
             "timing": {"seconds": round(seconds, 3), "events_per_second": round(counts.sum() / seconds)},
+            "policy": tally.manifest(),
             "laws": "docs/reference-world.md",
             **extra,
         }
