@@ -392,17 +392,27 @@ class _Several(click.Option):
             option.process = process
 
 
+def _customers(command):
+    """The customers of a paired experiment (whatif, recommend): new ones from --start, or a log's."""
+    for option in reversed([
+        click.option("-n", "--users", type=int, default=None, help="New synthetic customers (with --start)."),
+        click.option("--start", default=None, callback=_parse_date,
+                     help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends)."),
+        click.option("--history", "history", type=click.Path(path_type=Path), default=None,
+                     help="Instead of --users: an event log whose customers are continued from the end of its "
+                          "observation."),
+        click.option("--observed-until", "observed_until", default=None,
+                     help="With --history: when the log's observation ended (as for simulate)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--scenario", required=True,
               help="The scenario: a TOML file, or a built-in (travel_card_push); the other arm is the baseline.")
-@click.option("-n", "--users", type=int, default=None, help="New synthetic customers (with --start).")
-@click.option("--start", default=None, callback=_parse_date,
-              help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends).")
-@click.option("--history", "history", type=click.Path(path_type=Path), default=None,
-              help="Instead of --users: an event log whose customers are continued from the end of its observation.")
-@click.option("--observed-until", "observed_until", default=None,
-              help="With --history: when the log's observation ended (as for simulate).")
+@_customers
 @click.option("--days", default=30, show_default=True, help="Simulated days; outcomes count the events in them.")
 @click.option("--history-days", default=30, show_default=True,
               help="Days of history sampled for new customers before --start.")
@@ -501,13 +511,7 @@ def _parse_values(ctx, param, value: str | None) -> dict[str, float]:
               help="A policy under test (repeat for several): random, logged, popular, segment-greedy, "
                    "epsilon-greedy:epsilon=0.1, thompson, fixed:product=savings, module:Class, file.py:Class, "
                    "or http://HOST:PORT/PATH.")
-@click.option("-n", "--users", type=int, default=None, help="New synthetic customers (with --start).")
-@click.option("--start", default=None, callback=_parse_date,
-              help="First simulated day, YYYY-MM-DD (with --history default: the day its observation ends).")
-@click.option("--history", "history", type=click.Path(path_type=Path), default=None,
-              help="Instead of --users: an event log whose customers are continued from the end of its observation.")
-@click.option("--observed-until", "observed_until", default=None,
-              help="With --history: when the log's observation ended (as for simulate).")
+@_customers
 @click.option("--days", default=30, show_default=True, help="Simulated days with the policy deciding.")
 @click.option("--history-days", default=30, show_default=True,
               help="Days of history sampled for new customers before --start (the bank's own offers).")
