@@ -68,19 +68,31 @@ def _parse_date(ctx, param, value: str | None) -> date | None:
               help="A scenario the world's customers live through (TOML file, docs/scenarios.md, or a built-in "
                    "such as travel_card_at_login or downturn); writes exposures.parquet and assignments.parquet. "
                    "Same seed without it: the baseline world.")
+@click.option("--policy", default=None,
+              help="A recommender policy that chooses the offer at the world's logins (random, logged, "
+                   "module:Class, file.py:Class, http://...; docs/recommenders.md). Without it: the bank's own.")
+@click.option("--policy-start", default=None,
+              help="The first day the policy decides (YYYY-MM-DD or a day number of the window; default: day 0); "
+                   "before it the bank's own offers, as in the baseline.")
+@click.option("--share", default=None, type=float,
+              help="The share of logins that are decision points, in (0, 1] (default 0.25: exactly the logins "
+                   "where the bank shows an offer).")
 def reference_world(users: int, days: int, start: date, seed: int, output: Path, overwrite: bool,
-                    quiet: bool, scenario: str | None) -> None:
+                    quiet: bool, scenario: str | None, policy: str | None, policy_start: str | None,
+                    share: float | None) -> None:
     """Generate the reference bank world: events + users in the data contract.
 
     An agent-based stand-in for a bank's private event log (logins, income, card payments, offers and
     responses, life-stage chains, a macro downturn, churn). Its laws are in docs/reference-world.md.
-    Writes events.parquet, users.parquet, context.parquet and world.json. With --scenario the world's own
-    customers respond to its campaigns and its economy takes its shocks: the ground truth of a what-if.
+    Writes events.parquet, users.parquet, context.parquet, decisions.parquet and world.json. With --scenario
+    the world's own customers respond to its campaigns and its economy takes its shocks: the ground truth of a
+    what-if. With --policy a recommender chooses the offers at login: the ground truth of a policy.
 
     \b
     Examples:
       twinsim reference-world --users 5000 --days 365 --seed 7 -o runs/world
       twinsim reference-world --users 5000 --days 365 --seed 7 --scenario travel_card_at_login -o runs/world-push
+      twinsim reference-world --users 5000 --days 365 --seed 7 --policy random --policy-start 2025-07-01 -o runs/rnd
     """
     from twinsim.simulator.reference_world import WorldConfig, generate_reference_world
 
@@ -89,11 +101,16 @@ def reference_world(users: int, days: int, start: date, seed: int, output: Path,
     with click.progressbar(length=users * days, label="simulating user-days", file=sys.stderr,
                            hidden=quiet) as bar:
         manifest = generate_reference_world(config, output, overwrite=overwrite, progress=bar.update,
-                                            scenario=scenario)
+                                            scenario=scenario, policy=policy, policy_start=policy_start,
+                                            share=share)
     counts, timing = manifest["counts"], manifest["timing"]
     for name, c in manifest.get("exposures", {}).items():
         click.echo(f"campaign {name}: {c['exposures']:,} exposures of {c['customers_exposed']:,} customers "
                    f"({c['treatment']:,} assigned to treatment, {c['control']:,} to control)")
+    if policy is not None:
+        p = manifest["policy"]
+        click.echo(f"policy {p['name']}: {p['policy_decisions']:,} decisions from {p['start']}, "
+                   f"{p['policy_shows']:,} offers shown" + "".join(f", {k}: {v:,}" for k, v in p["failures"].items()))
     click.echo(f"wrote {counts['events']:,} events of {counts['users']:,} users to {output} "
                f"({counts['users_closed']:,} closed their account) in {timing['seconds']:.1f} s "
                f"({timing['events_per_second']:,.0f} events/s)")

@@ -234,14 +234,14 @@ class PolicyOffers:
         due = micros + FEEDBACK_US <= now_us
         self.pending = tuple(a[~due] for a in self.pending)
         floor = min(int(self.pending[1].min()) if len(self.pending[1]) else now_us, now_us)
-        if due.any():
+        if self.learns and due.any():
             user, micros, product, ids = (a[due] for a in (user, micros, product, ids))
             happened = micros // 1_000_000 < chunk.closed_at[user]  # a show after the closure never happened
             user, micros, product, ids = (a[happened] for a in (user, micros, product, ids))
             clicked, purchased = (self._outcome(chunk, user, micros, product, E[t])
                                   for t in ("offer_click", "offer_purchase"))
             names = np.asarray(laws.PRODUCTS, dtype=object)[product]
-            if self.learns and len(ids):
+            if len(ids):
                 self._call("feedback", Outcomes(
                     request_id=ids, user_id=self.ids[user], product=names,
                     shown_time=pd.DatetimeIndex(pd.to_datetime(self.start_us + micros, unit="us", utc=True)),
@@ -263,11 +263,13 @@ class PolicyOffers:
         def first_after(kind: int) -> np.ndarray:
             mine = ev_type == kind
             comp = np.sort((ev_user[mine] * k + ev_product[mine]) * span + ev_micros[mine] - base)
-            query = (user * k + product) * span + micros - base
-            at = np.searchsorted(comp, query, side="right")
+            if len(comp) == 0:
+                return np.full(len(user), np.iinfo(np.int64).max)
+            key = user * k + product
+            at = np.searchsorted(comp, key * span + micros - base, side="right")
             found = np.minimum(at, len(comp) - 1)
-            same = (at < len(comp)) & (comp[found] // span == user * k + product) if len(comp) else at < 0
-            return np.where(same, comp[found] - (user * k + product) * span + base, np.iinfo(np.int64).max)
+            same = (at < len(comp)) & (comp[found] // span == key)
+            return np.where(same, comp[found] - key * span + base, np.iinfo(np.int64).max)
 
         hit = first_after(etype)
         return ((hit <= micros + FEEDBACK_US) & (hit < first_after(E["offer_shown"]))
