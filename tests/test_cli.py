@@ -39,7 +39,8 @@ def test_reference_world_then_inspect(run, tmp_path):
     out = tmp_path / "w"
     result = run("reference-world", "--users", 50, "--days", 20, "--seed", 3, "-o", out, "--quiet")
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"events.parquet", "users.parquet", "context.parquet", "world.json"}
+    assert {p.name for p in out.iterdir()} == {"events.parquet", "users.parquet", "context.parquet", "world.json",
+                                             "decisions.parquet"}
     manifest = json.loads((out / "world.json").read_text())
     assert manifest["config"]["seed"] == 3 and manifest["counts"]["users"] == 50
     text = run("inspect", out)

@@ -241,7 +241,7 @@ def test_the_command_line_runs_a_built_in_scenario_and_refuses_a_bad_one(tmp_pat
                                       str(path), "--quiet", *extra])
         assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"events.parquet", "users.parquet", "context.parquet", "world.json",
-                                               "exposures.parquet", "assignments.parquet"}
+                                               "exposures.parquet", "assignments.parquet", "decisions.parquet"}
     manifest = json.loads((out / "world.json").read_text())
     assert manifest["scenario"]["name"] == "downturn" and manifest["exposures"] == {}
     shift = (pd.read_parquet(out / "context.parquet")["macro_index"]
