@@ -65,12 +65,13 @@ class DecisionSpec:
 
     def check(self, schema: Schema) -> None:
         """Whether the model can act this out: the trigger and controlled types and the mark exist."""
-        for option, value in (("--trigger", self.trigger), ("--controlled", self.event_type)):
+        for what, value in (("--trigger", self.trigger), ("the offer's event type", self.event_type)):
             if value not in schema.event_types:
-                raise TwinsimError(f"{option} {value!r}: the model has no such event type; it has "
+                raise TwinsimError(f"{what} {value!r}: the model has no such event type; it has "
                                    f"{', '.join(schema.event_types)}")
         if self.mark not in schema.marks:
-            raise TwinsimError(f"--mark {self.mark!r}: the model has no such mark; it has {', '.join(schema.marks)}")
+            raise TwinsimError(f"the offer's mark {self.mark!r}: the model has no such mark; it has "
+                               f"{', '.join(schema.marks)} (a policy shows products: the model must know offers)")
         if not 0.0 < self.share <= 1.0:
             raise TwinsimError(f"--share {self.share}: the share of trigger events that are decision points must be "
                                "in (0, 1]; e.g. --share 0.25 (a quarter of logins show an offer slot)")
@@ -272,8 +273,7 @@ class Decisions:
 
 def policy_totals(cohorts: list[dict]) -> dict:
     """A run's policy counts over its cohorts' (``Decisions.finish``): decisions, shows, failures by reason,
-    seconds in the policy, and an HTTP policy's service figures (calls and failures summed; latency
-    percentiles as the worst cohort's, max of max)."""
+    seconds in the policy, and an HTTP policy's service figures (``service_totals``)."""
     failures: dict[str, int] = {}
     for c in cohorts:
         for k, v in c["failures"].items():

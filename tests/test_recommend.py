@@ -110,7 +110,7 @@ def test_bad_policies_get_clear_errors(model_dir, tmp_path, cls, message):
     assert "recording.py" in str(e.value)
 
 
-def test_the_logged_policy_shows_what_the_model_would(random_run, model_dir, tmp_path):
+def test_the_logged_policy_shows_what_the_model_would(model_dir, tmp_path):
     _, events, decisions, history = run(model_dir, tmp_path / "logged", "logged")
     assert decisions["propensity"].between(0, 1).all() and decisions["product"].notna().all()
     mix = decisions["product"].value_counts(normalize=True)
