@@ -524,6 +524,9 @@ def _parse_values(ctx, param, value: str | None) -> dict[str, float]:
 @click.option("--timeout", "timeout_s", default=1.0, show_default=True, help="HTTP policies: seconds per request.")
 @click.option("--fallback", default=None,
               help="HTTP policies: the product shown when the service fails or times out (default: nothing).")
+@click.option("--feedback-url", default=None,
+              help="HTTP policies: where the outcomes of shown offers are POSTed, one JSON array per daily update "
+                   "(e.g. http://127.0.0.1:8080/feedback; default: none).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every user's random streams, in every run.")
 @click.option("--cohort-size", type=int, default=None,
               help="Customers simulated together; a learning policy learns from its cohort (default: up to 16,384).")
@@ -536,8 +539,8 @@ def _parse_values(ctx, param, value: str | None) -> dict[str, float]:
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def recommend(model_dir: Path, policies: tuple[str, ...], users: int | None, start: date | None,
               history: Path | None, observed_until: str | None, days: int, history_days: int, share: float,
-              trigger: str, values: dict, concurrency: int, timeout_s: float, fallback: str | None, seed: int,
-              cohort_size: int | None, workers: int | None, output: Path, resume: bool, overwrite: bool,
+              trigger: str, values: dict, concurrency: int, timeout_s: float, fallback: str | None,
+              feedback_url: str | None, seed: int, cohort_size: int | None, workers: int | None, output: Path, resume: bool, overwrite: bool,
               quiet: bool) -> None:
     """Recommenders in the loop: each policy decides what the same customers are shown at their logins.
 
@@ -562,7 +565,7 @@ def recommend(model_dir: Path, policies: tuple[str, ...], users: int | None, sta
                              history=str(history) if history else None, observed_until=observed_until,
                              history_days=history_days, seed=seed, cohort_size=cohort_size, share=share,
                              trigger=trigger, values=values, concurrency=concurrency, timeout_s=timeout_s,
-                             fallback=fallback)
+                             fallback=fallback, feedback_url=feedback_url)
     report = run(model_dir, list(policies), config, output, workers=workers or default_workers(), resume=resume,
                  overwrite=overwrite, on_progress=_labelled_progress(quiet))
     for line in report.get("summary", []):

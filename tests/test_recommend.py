@@ -173,3 +173,31 @@ def test_recommend_on_the_command_line_writes_the_side_by_side_report(model_dir,
     again = CliRunner().invoke(main, ["recommend", str(model_dir), "--policy", "random", "--policy", "random",
                                       "--users", "10", "--start", "2025-03-01", "-o", str(tmp_path / "x")])
     assert again.exit_code != 0 and "given twice" in again.output
+
+
+def test_an_http_policy_gets_its_outcomes_at_the_feedback_url(model_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from twinsim.cli import main
+    from twinsim.scenarios.policies.example_service import fetch_stats, serve_in_thread
+
+    out = tmp_path / "fb"
+    with serve_in_thread() as base:
+        result = CliRunner().invoke(main, ["recommend", str(model_dir), "--policy", f"{base}/recommend",
+                                           "--feedback-url", f"{base}/feedback", "--users", "60", "--start",
+                                           "2025-03-01", "--days", "6", "--history-days", "3", "--workers", "1",
+                                           "-o", str(out), "--quiet"])
+        served = fetch_stats(base)
+    assert result.exit_code == 0, result.output
+    run_dir = next((out / "policies").iterdir())
+    decisions = pd.read_parquet(run_dir / "decisions")
+    last_update = pd.Timestamp("2025-03-06", tz="UTC")  # daily updates; the last one a day before the end
+    shown = pd.to_datetime(decisions["timestamp"], utc=True)[decisions["product"].notna()]
+    closed = (shown + pd.Timedelta(hours=FEEDBACK_HOURS) <= last_update).sum()
+    # every shown offer whose 24-hour window closed by the last update was fed back, once
+    assert served["feedback_posts"] >= 1 and served["outcomes"] >= closed > 0
+    assert served["outcomes"] <= decisions["product"].notna().sum()
+    service = json.loads((run_dir / "manifest.json").read_text())["policy"]["service"]
+    assert service["feedback_posts"] == served["feedback_posts"] and service["feedback_failures"] == {}

@@ -43,6 +43,7 @@ class RecommendConfig:
     concurrency: int = 16  # HTTP policies: requests in flight
     timeout_s: float = 1.0
     fallback: str | None = None  # HTTP policies: the product shown when the service fails (None: nothing)
+    feedback_url: str | None = None  # HTTP policies: where the outcomes of shown offers are POSTed
 
     def validate(self) -> None:
         if self.users is not None and self.history is not None:
@@ -63,8 +64,8 @@ class RecommendConfig:
                               observed_until=self.observed_until, cohort_size=self.cohort_size or MAX_COHORT)
 
     def decisions(self, policy: str) -> DecisionSpec:
-        http = ({"concurrency": self.concurrency, "timeout_s": self.timeout_s, "fallback": self.fallback}
-                if is_http(policy) else {})
+        http = ({"concurrency": self.concurrency, "timeout_s": self.timeout_s, "fallback": self.fallback,
+                 "feedback_url": self.feedback_url} if is_http(policy) else {})
         return DecisionSpec(policy=policy, trigger=self.trigger, share=self.share, values=dict(self.values), http=http)
 
 
