@@ -540,8 +540,8 @@ def _parse_values(ctx, param, value: str | None) -> dict[str, float]:
 def recommend(model_dir: Path, policies: tuple[str, ...], users: int | None, start: date | None,
               history: Path | None, observed_until: str | None, days: int, history_days: int, share: float,
               trigger: str, values: dict, concurrency: int, timeout_s: float, fallback: str | None,
-              feedback_url: str | None, seed: int, cohort_size: int | None, workers: int | None, output: Path, resume: bool, overwrite: bool,
-              quiet: bool) -> None:
+              feedback_url: str | None, seed: int, cohort_size: int | None, workers: int | None, output: Path,
+              resume: bool, overwrite: bool, quiet: bool) -> None:
     """Recommenders in the loop: each policy decides what the same customers are shown at their logins.
 
     Every policy runs on the same customers with common random numbers (same seed, start, days and decision

@@ -2,6 +2,11 @@
 
     python benchmarks/http_policy_load.py [--users 100000] [--concurrency 4 16 64] [--error-share 0.01] \\
         [--stall-share 0.001] [--timeout 0.25] [--url http://HOST:PORT/recommend]
+    python benchmarks/http_policy_load.py --model runs/model --users 100000 --days 1 --concurrency 16 [--workers 2]
+
+With ``--model`` the twin's own engine drives the service (``twinsim recommend`` with the URL as the policy,
+every login a decision point, ``--fallback savings``): its customers' learned login rhythm makes the load,
+and the figures are the run's ``report.json`` service section, with the busiest hour's decisions.
 
 Each customer logs in a Poisson(``--logins``) number of times over the day, at hours drawn from a daytime
 profile; the logins due in each ``--step-minutes`` step form one decision batch (a few hundred to a few
@@ -20,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,6 +114,33 @@ def run(url: str, batches: list[DecisionBatch], concurrency: int, timeout_s: flo
         return policy.stats()
 
 
+def engine_run(args, url: str) -> dict:
+    """``twinsim recommend`` of a fresh population with the URL as its only policy (see the docstring)."""
+    import tempfile
+
+    from twinsim.simulator.recommend.run import RecommendConfig, recommend, run_dirs
+
+    config = RecommendConfig(users=args.users, start=args.start, days=args.days, seed=args.seed, share=1.0,
+                             concurrency=args.concurrency[0], timeout_s=args.timeout, fallback="savings")
+    with tempfile.TemporaryDirectory(prefix="http-load-") as out:
+        began = time.perf_counter()
+        recommend(args.model, [url], config, Path(out), overwrite=True, workers=args.workers,
+                  on_progress=lambda *a, **k: None)
+        wall = time.perf_counter() - began
+        run_dir = next(iter(run_dirs(Path(out), [url]).values()))
+        service = json.loads((run_dir / "manifest.json").read_text())["policy"]["service"]
+        decisions = pd.read_parquet(run_dir / "decisions", columns=["timestamp", "latency_ms", "failure"])
+    hourly = decisions.groupby(pd.to_datetime(decisions["timestamp"], utc=True).dt.floor("h")).size()
+    latency = decisions["latency_ms"].dropna().to_numpy()
+    return {"mode": "engine", "users": args.users, "days": args.days, "workers": args.workers,
+            "concurrency_per_worker": args.concurrency[0], "decisions": len(decisions), "wall_s": round(wall, 1),
+            "busiest_hour_decisions": int(hourly.max()), "median_hour_decisions": int(hourly.median()),
+            "calls_per_s": service["calls_per_s"], "fallbacks": service["fallbacks"], "failures": service["failures"],
+            **{f"latency_{q}_ms": float(np.percentile(latency, p)) for q, p in (("p50", 50), ("p90", 90),
+                                                                                ("p99", 99))},
+            "latency_max_ms": float(latency.max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
@@ -121,10 +154,25 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="the example service's delay per answer")
     parser.add_argument("--url", help="a running recommender instead of the example service")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", type=Path, help="drive the service with this twin's engine (see the docstring)")
+    parser.add_argument("--start", default="2025-06-02", help="--model: the first simulated day")
+    parser.add_argument("--days", type=int, default=1, help="--model: simulated days")
+    parser.add_argument("--workers", type=int, default=2, help="--model: worker processes")
     args = parser.parse_args()
     if args.users < 1 or args.logins <= 0 or args.step_minutes < 1 or min(args.concurrency) < 1:
         parser.error("--users, --logins, --step-minutes and --concurrency must be positive (e.g. --users 10000)")
 
+    if args.model is not None:
+        process, base = (None, None) if args.url else start_service(args)
+        try:
+            result = engine_run(args, args.url or base + "/recommend")
+            result["service"] = fetch_stats(base) if base else None
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=10)
+        print(json.dumps(result))
+        return
     built = time.perf_counter()
     batches = day_of_batches(args.users, args.logins, args.step_minutes, args.seed)
     sizes = np.array([len(b) for b in batches])
