@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,dp,btyd,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dp,btyd,ray,live]'
 	touch $@
 
 demo: setup
