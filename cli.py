@@ -704,5 +704,109 @@ def backtest(log: Path, cut: str, horizon: int, model_dir: Path | None, replicat
     click.echo(f"report written to {output / 'report.html'} and {output / 'report.json'}")
 
 
+
+def _parse_duration(ctx, param, value: str | None) -> float | None:
+    """``90s``, ``30m``, ``2h``, ``1d`` (or plain seconds) -> seconds."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise click.BadParameter(f"{value!r} is not a duration; e.g. --for 90s, --for 30m, --for 2h")
+    return seconds
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--users", default=50, show_default=True, help="Live customers to start with.")
+@click.option("--where", multiple=True, help="Condition their attributes, e.g. --where segment=student.")
+@click.option("--history-days", default=365, show_default=True,
+              help="Days of past each customer has before the start, written to the sinks first (in bulk).")
+@click.option("--speed", default=60.0, show_default=True,
+              help="Simulated seconds per wall-clock second (1: real time, 60: a minute a second, 3600: an hour).")
+@click.option("--sink", "sinks", multiple=True,
+              help="Where events go (repeat for several): jsonl:- | jsonl:FILE | http://HOST:PORT/PATH | "
+                   "postgresql://USER@HOST/DB?table=T | redis://HOST:PORT/0?stream=S | nats://HOST:PORT?stream=S "
+                   "(docs/live.md; default: jsonl:-).")
+@click.option("--template", default=None, help="A payload template: JSON text or file mapping field -> column.")
+@click.option("--control", default=None,
+              help="Serve the control API at HOST:PORT (e.g. 127.0.0.1:8750; docs/live.md lists its routes).")
+@click.option("--control-token", default=None, envvar="TWINSIM_CONTROL_TOKEN",
+              help="The control API's token (required when --control is not loopback).")
+@click.option("--start", default=None, help="The simulated moment live time starts (default: now, UTC).")
+@click.option("--for", "for_s", default=None, callback=_parse_duration,
+              help="Stop after this much wall-clock time: 90s, 30m, 2h (default: run until stopped).")
+@click.option("--until", default=None, help="Stop at this simulated date or time (e.g. 2027-01-01).")
+@click.option("--seed", default=0, show_default=True, help="Seed of every customer's random streams.")
+@click.option("--state", "state", default=None, type=click.Path(path_type=Path),
+              help="Keep the run's state here; started again with the same options it continues where it stopped.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int, speed: float,
+         sinks: tuple[str, ...], template: str | None, control: str | None, control_token: str | None,
+         start: str | None, for_s: float | None, until: str | None, seed: int, state: Path | None,
+         quiet: bool) -> None:
+    """Live dynamic test users: customers with a past and a future that keeps arriving, streamed into sinks.
+
+    Each customer's --history-days of past go to the sinks first; then their events are emitted as their
+    simulated time comes, at --speed (timestamps are current: live time starts now, or at --start). With
+    --control the system under test can act back: impose an event (an offer shown, "salary now") after
+    which the customer's future is drawn given it, add customers, pause, change speed, jump ahead.
+    Progress and per-sink counters go to stderr; docs/live.md is the guide.
+
+    \b
+    Examples:
+      twinsim live runs/model --users 50 --speed 60 --sink jsonl:- --for 2m
+      twinsim live runs/model --users 50 --history-days 365 --speed 60 \
+          --sink postgresql://postgres@127.0.0.1/test?table=twinsim_events \
+          --sink http://127.0.0.1:9000/events --control 127.0.0.1:8750 --state runs/live-state
+    """
+    import contextlib
+
+    from twinsim.models.generate import parse_where
+    from twinsim.simulator.live import control as control_api
+    from twinsim.simulator.live.engine import LiveConfig, LiveRun
+    from twinsim.simulator.live.sinks import open_sinks
+
+    config = LiveConfig(users=users, where=parse_where(where), history_days=history_days, speed=speed, start=start,
+                        seed=seed)
+    config.validate()
+    bind = control_api.parse_bind(control) if control else None
+    opened = open_sinks(sinks or ["jsonl:-"], template)
+
+    def progress(s: dict) -> None:
+        if quiet:
+            return
+        per_sink = "; ".join(f"{k['sink']} acked {k['acknowledged']:,} retried {k['retried']:,} failed "
+                             f"{k['failed']:,} pending {k['pending']:,}" for k in s["sinks"])
+        late = "-" if s["lateness_p99_s"] is None else f"{s['lateness_p99_s'] * 1000:.0f} ms"
+        click.echo(f"{s['now'][:19]}Z  {s['speed']:g}x  {s['active']}/{s['customers']} customers  emitted "
+                   f"{s['emitted']:,} (history {s['history']:,})  lateness p99 {late}  | {per_sink}", err=True)
+
+    try:
+        run = LiveRun(model_dir, config, opened, state=state, on_progress=progress)
+        if not quiet:
+            click.echo(f"sampling {users} customers' {history_days} days of history ...", err=True)
+        history = run.backfill()
+        if not quiet:
+            click.echo(f"history: {history:,} events written to {', '.join(s.name for s in opened)}", err=True)
+        with contextlib.ExitStack() as stack:
+            if bind is not None:
+                base = stack.enter_context(control_api.serve(run, *bind, token=control_token))
+                click.echo(f"control API at {base} (GET /customers, POST /customers/ID/events, /metrics)", err=True)
+            try:
+                summary = run.run(for_s=for_s, until=until)
+            except KeyboardInterrupt:
+                summary = run.summary()
+                click.echo("stopped (Ctrl-C)", err=True)
+        progress(summary)
+    finally:
+        for sink in opened:
+            sink.close(30.0)
+
+
 if __name__ == "__main__":
     main()
