@@ -231,3 +231,57 @@ def test_a_killed_run_restarted_from_its_state_loses_nothing(model_dir, tmp_path
     assert 0 < killed_at < len(restarted)
     assert by_id(restarted) == by_id(expected)  # nothing lost, nothing new; repeats only with the same ids
     assert len(restarted) >= len(expected)
+
+
+def test_history_and_live_into_postgres_and_a_failing_webhook_hold_each_event_once(model_dir, tmp_path):
+    """The CLI end to end against the real PostgreSQL and a local receiver that answers 503 to a fifth of the
+    batches and stalls another twentieth past the timeout: after de-duplication by id, both hold exactly the
+    events of the JSONL reference sink, history included."""
+    import uuid
+    import zlib
+
+    import psycopg
+    from aiohttp import web
+    from click.testing import CliRunner
+
+    from twinsim.cli import main
+    from twinsim.scenarios.policies.example_service import serve_in_thread
+
+    received: list[dict] = []
+    requests = [0]
+
+    async def events(request: web.Request) -> web.Response:
+        body = await request.json()
+        requests[0] += 1  # (a retry is a new request: it draws again)
+        draw = zlib.crc32(json.dumps(body).encode() + str(requests[0]).encode()) % 100
+        if draw < 20:
+            return web.json_response({"error": "try again"}, status=503)
+        if draw < 25:
+            await __import__("asyncio").sleep(2.0)
+        received.extend(body)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/events", events)
+    table = f"twinsim_live_test_{uuid.uuid4().hex[:10]}"
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    reference = tmp_path / "all.jsonl"
+    try:
+        with serve_in_thread(app) as base:
+            result = CliRunner().invoke(main, [
+                "live", str(model_dir), "--users", "4", "--history-days", "15", "--speed", str(FAST), "--start",
+                START, "--until", "2026-03-09", "--seed", "5", "--quiet", "--sink", f"jsonl:{reference}",
+                "--sink", f"{url}?table={table}", "--sink",
+                f"{base}/events?batch=25&retries=10&backoff=0.01&timeout=0.5&dead_letter={tmp_path / 'dead.jsonl'}"])
+            assert result.exit_code == 0, result.output
+        with psycopg.connect(url) as conn:
+            rows = dict(conn.execute(f"SELECT event_id, event_type FROM {table}").fetchall())
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    expected = {r["event_id"]: r for r in map(json.loads, reference.read_text().splitlines())}
+    assert len(expected) > 50
+    assert rows == {k: v["event_type"] for k, v in expected.items()}  # idempotent on the id: each once
+    assert {r["event_id"] for r in received} == set(expected) and not (tmp_path / "dead.jsonl").exists()
+    assert len(received) >= len(expected)  # repeats only where a stalled batch was sent again
+    assert requests[0] > len(received) / 25  # some requests failed and were retried

@@ -8,7 +8,6 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -141,27 +140,18 @@ def make_app(run: LiveRun, token: str | None = None) -> web.Application:
 @contextmanager
 def serve(run: LiveRun, host: str = "127.0.0.1", port: int = 8750, token: str | None = None) -> Iterator[str]:
     """The control API of ``run`` on ``host:port`` (0: a free port) in a background thread; yields its base URL."""
+    from twinsim.scenarios.policies.example_service import serve_in_thread
+
     if not is_loopback(host) and not token:
         raise TwinsimError(f"--control {host}:{port} is not loopback: anyone who reaches it could act on the run; "
                            "give a token (--control-token SECRET or TWINSIM_CONTROL_TOKEN), or bind 127.0.0.1")
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(run, token), access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, host, port)
+    served = serve_in_thread(make_app(run, token), host, port)
     try:
-        loop.run_until_complete(site.start())
+        base = served.__enter__()
     except OSError as e:
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
         raise TwinsimError(f"--control {host}:{port}: cannot listen there ({e.strerror or e}); choose a free port, "
                            "e.g. --control 127.0.0.1:8751") from None
-    bound = site._server.sockets[0].getsockname()[1]
-    thread = threading.Thread(target=loop.run_forever, name="twinsim-live-control", daemon=True)
-    thread.start()
     try:
-        yield f"http://{host}:{bound}"
+        yield base
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        served.__exit__(None, None, None)
