@@ -270,7 +270,11 @@ class Sink:
             return batch
 
     def _send(self, batch: list[dict]) -> None:
-        payloads = [render(record, self.template) for record in batch]
+        try:
+            payloads = [render(record, self.template) for record in batch]
+        except Exception as exc:  # noqa: BLE001 - e.g. a record that is not a mapping: it cannot be sent
+            self._dead(batch, [{"record": repr(record)} for record in batch], f"cannot render: {describe(exc)}")
+            return
         if self._abandon.is_set():
             self._dead(batch, payloads, "not delivered before close() ran out of time")
             return
@@ -313,7 +317,8 @@ class Sink:
             self._cond.notify_all()
 
     def _dead(self, batch: list[dict], payloads: list[dict], error: str) -> None:
-        lines = "".join(dumps({"sink": self.name, "event_id": record.get("event_id"), "error": error,
+        lines = "".join(dumps({"sink": self.name, "error": error,
+                               "event_id": record.get("event_id") if isinstance(record, Mapping) else None,
                                "payload": payload}) + "\n" for record, payload in zip(batch, payloads, strict=True))
         try:
             self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
