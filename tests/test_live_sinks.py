@@ -297,6 +297,23 @@ def test_a_callable_is_retried_then_dead_lettered(tmp_path):
         sink.submit(records(1))
 
 
+def test_close_dead_letters_what_it_had_no_time_to_deliver(tmp_path):
+    started = threading.Event()
+
+    def slow(payloads):
+        started.set()
+        time.sleep(0.3)
+
+    sink = CallableSink(slow, batch=1, dead_letter=tmp_path / "dl.jsonl")
+    sink.submit(records(5))
+    assert started.wait(10)
+    assert sink.close(timeout=0.05) is False
+    stats = sink.stats()
+    assert stats["acknowledged"] >= 1 and stats["acknowledged"] + stats["failed"] == 5 and stats["failed"] >= 3
+    errors = {json.loads(line)["error"] for line in (tmp_path / "dl.jsonl").read_text().splitlines()}
+    assert errors == {"not delivered before close() ran out of time"}
+
+
 def test_a_record_that_cannot_be_sent_is_dead_lettered_and_the_sink_goes_on(tmp_path):
     got: list = []
     with CallableSink(got.extend, batch=2, dead_letter=tmp_path / "dl.jsonl") as sink:
