@@ -152,9 +152,13 @@ class Sink:
         self._thread = threading.Thread(target=self._run, name=f"twinsim-sink-{self.name}", daemon=True)
         self._thread.start()
         if not self._opened.wait(open_timeout):
-            self._abandon.set()
-            raise SinkError(f"--sink {self.target}: the {self.kind} target did not answer within {open_timeout:g} s; "
-                            f"is it running and reachable? e.g. --sink {self.EXAMPLE}")
+            with self._cond:  # should open still succeed, the thread finds nothing to do and disconnects
+                self._closing = True
+                self._abandon.set()
+                self._cond.notify_all()
+            last = f" (last error: {self._last_error})" if self._last_error else ""
+            raise SinkError(f"--sink {self.target}: the {self.kind} target did not answer within {open_timeout:g} s"
+                            f"{last}; is it running and reachable? e.g. --sink {self.EXAMPLE}")
         if self._open_error is not None:
             error = self._open_error
             if isinstance(error, SinkError):
