@@ -152,9 +152,13 @@ class Sink:
         self._thread = threading.Thread(target=self._run, name=f"twinsim-sink-{self.name}", daemon=True)
         self._thread.start()
         if not self._opened.wait(open_timeout):
-            self._abandon.set()
-            raise SinkError(f"--sink {self.target}: the {self.kind} target did not answer within {open_timeout:g} s; "
-                            f"is it running and reachable? e.g. --sink {self.EXAMPLE}")
+            with self._cond:  # should open still succeed, the thread finds nothing to do and disconnects
+                self._closing = True
+                self._abandon.set()
+                self._cond.notify_all()
+            last = f" (last error: {self._last_error})" if self._last_error else ""
+            raise SinkError(f"--sink {self.target}: the {self.kind} target did not answer within {open_timeout:g} s"
+                            f"{last}; is it running and reachable? e.g. --sink {self.EXAMPLE}")
         if self._open_error is not None:
             error = self._open_error
             if isinstance(error, SinkError):
@@ -270,7 +274,11 @@ class Sink:
             return batch
 
     def _send(self, batch: list[dict]) -> None:
-        payloads = [render(record, self.template) for record in batch]
+        try:
+            payloads = [render(record, self.template) for record in batch]
+        except Exception as exc:  # noqa: BLE001 - e.g. a record that is not a mapping: it cannot be sent
+            self._dead(batch, [{"record": repr(record)} for record in batch], f"cannot render: {describe(exc)}")
+            return
         if self._abandon.is_set():
             self._dead(batch, payloads, "not delivered before close() ran out of time")
             return
@@ -313,7 +321,8 @@ class Sink:
             self._cond.notify_all()
 
     def _dead(self, batch: list[dict], payloads: list[dict], error: str) -> None:
-        lines = "".join(dumps({"sink": self.name, "event_id": record.get("event_id"), "error": error,
+        lines = "".join(dumps({"sink": self.name, "error": error,
+                               "event_id": record.get("event_id") if isinstance(record, Mapping) else None,
                                "payload": payload}) + "\n" for record, payload in zip(batch, payloads, strict=True))
         try:
             self.dead_letter.parent.mkdir(parents=True, exist_ok=True)

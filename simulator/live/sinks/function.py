@@ -38,6 +38,8 @@ class CallableSink(Sink):
     def __init__(self, fn: Callable[[list[dict]], object] | str, name: str | None = None, template=None,
                  **options) -> None:
         self.fn = resolve(fn) if isinstance(fn, str) else fn
+        if not callable(self.fn):
+            raise SinkError(f"CallableSink({fn!r}): not a callable; give a function of the batch's payloads")
         target = f"function:{fn}" if isinstance(fn, str) else f"function:{getattr(fn, '__qualname__', fn)}"
         super().__init__(target, name, template, **options)
 

@@ -18,6 +18,7 @@ from twinsim.simulator.live.sinks.base import (
     Option,
     Permanent,
     batch_option,
+    describe,
     redact,
     require,
     text,
@@ -26,6 +27,8 @@ from twinsim.simulator.live.sinks.base import (
 from twinsim.simulator.live.sinks.records import SinkError, dumps
 
 TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+RECONNECTS = 3  # the client's own attempts per (re)connect, RECONNECT_WAIT_S apart
+RECONNECT_WAIT_S = 0.5
 
 
 class NatsSink(AsyncSink):
@@ -48,11 +51,21 @@ class NatsSink(AsyncSink):
     def subject_of(self, record: dict) -> str:
         return f"{self.subject}.{TOKEN.sub('_', str(record.get('event_type') or 'unknown'))}"
 
+    async def connect(self) -> None:
+        """A new client. nats-py gives up on a server only when ``max_reconnect_attempts`` > 0 (0 and -1 retry
+        forever, even the first connect), so it tries a few times and closes; :meth:`adeliver` then
+        reconnects within the sink's own retries."""
+        self.nc = await self.nats.connect(self.url, connect_timeout=self.timeout, max_reconnect_attempts=RECONNECTS,
+                                          reconnect_time_wait=RECONNECT_WAIT_S, error_cb=self._on_error)
+        self.js = self.nc.jetstream(timeout=self.timeout)
+
+    async def _on_error(self, error: Exception) -> None:
+        self._last_error = describe(error)  # instead of nats-py's logged traceback per attempt
+
     async def aopen(self) -> None:
         from nats.js.errors import NotFoundError
 
-        self.nc = await self.nats.connect(self.url, connect_timeout=self.timeout, max_reconnect_attempts=-1)
-        self.js = self.nc.jetstream(timeout=self.timeout)
+        await self.connect()
         wanted = f"{self.subject}.>"
         try:
             info = await self.js.stream_info(self.stream)
@@ -68,6 +81,8 @@ class NatsSink(AsyncSink):
         from nats.errors import NoRespondersError
         from nats.js.errors import APIError, ServiceUnavailableError
 
+        if self.nc is None or self.nc.is_closed:
+            await self.connect()
         acks = await asyncio.gather(*(
             self.js.publish(self.subject_of(record), dumps(payload).encode(), timeout=self.timeout,
                             stream=self.stream, headers={"Nats-Msg-Id": str(record["event_id"])})

@@ -19,6 +19,7 @@ from twinsim.simulator.live.sinks.base import (
     Permanent,
     Sink,
     batch_option,
+    describe,
     redact,
     require,
     text,
@@ -94,10 +95,14 @@ class PostgresSink(Sink):
         self.conn = self.connect()
 
     def deliver(self, records: list[dict], payloads: list[dict]) -> None:
+        try:
+            rows = list(map(row, records, payloads))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Permanent(f"a record cannot be a row of {self.table.as_string()}: {describe(exc)}") from exc
         if self.conn is None or self.conn.closed:
             self.conn = self.connect()
         try:
-            self.insert(self.conn, map(row, records, payloads))
+            self.insert(self.conn, rows)
         except (self.psycopg.OperationalError, self.psycopg.InterfaceError):
             raise  # connection trouble: reconnect (recover) and retry
         except self.psycopg.Error as exc:
