@@ -104,6 +104,16 @@ class Requests:
         return self.streams.draw(st.POLICY, user, 0, POLICY_UNIFORMS, number)
 
 
+def call_policy(policy, where: str, method: str, *args):
+    """``policy.method(*args)``; an exception of the policy's own becomes a PolicyError naming ``where``."""
+    try:
+        return getattr(policy, method)(*args)
+    except PolicyError:
+        raise
+    except Exception as e:  # the policy's own bug: name the policy and the call
+        raise PolicyError(f"{where}: {method}() raised {type(e).__name__}: {e}") from e
+
+
 def recent_events(events: dict[str, np.ndarray], day: int, user: np.ndarray, customers: int,
                   start_us: int) -> pd.DataFrame:
     """The latest events before ``day`` (at most RECENT_EVENTS each) of the chunk-local customers ``user``
@@ -194,12 +204,7 @@ class PolicyOffers:
         self.pending = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, object))
 
     def _call(self, method: str, *args):
-        try:
-            return getattr(self.policy, method)(*args)
-        except PolicyError:
-            raise
-        except Exception as e:  # the policy's own bug: name the policy and the call
-            raise PolicyError(f"{self.where}: {method}() raised {type(e).__name__}: {e}") from e
+        return call_policy(self.policy, self.where, method, *args)
 
     def at_logins(self, chunk: Chunk, day: int, logins: Logins) -> None:
         if day < self.setup.start:
