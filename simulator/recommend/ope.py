@@ -534,8 +534,9 @@ def evaluate(world_dir: str | Path, policy_specs: Sequence[str], start=None, end
         policies[policy_name(spec)] = {"spec": spec, "diagnostics": diagnostics(bandit, target),
                                        **{m: estimate(bandit, target, m, q[m], counts) for m in METRICS}}
     logged = {m: _clean(bandit.reward(m).mean()) for m in METRICS}
-    return {"about": {"world": str(world_dir), "start": bandit.time.min().isoformat(),
-                      "end": bandit.time.max().isoformat(), "decisions": len(bandit),
+    return {"about": {"world": str(world_dir), "window": [None if t is None else str(_utc(t)) for t in (start, end)],
+                      "start": bandit.time.min().isoformat(), "end": bandit.time.max().isoformat(),
+                      "decisions": len(bandit),
                       "customers": int(len(pd.unique(bandit.user_id))), "estimators": list(ESTIMATORS),
                       "bootstrap": bootstrap, "seed": seed, "logged": logged},
             "policies": policies}
