@@ -475,8 +475,10 @@ def resample(bandit: LoggedBandit, replicates: int = BOOTSTRAP, seed: int = 0) -
     bootstrap replicate (customers drawn with replacement, as many as there are; seeded)."""
     customers = len(pd.unique(bandit.user_id))
     draws = np.random.default_rng(seed).integers(0, customers, size=(replicates, customers))
-    return np.stack([np.bincount(d, minlength=customers) for d in draws]).astype(float) if replicates else \
-        np.zeros((0, customers))
+    counts = np.zeros((replicates, customers))
+    for b, d in enumerate(draws):
+        counts[b] = np.bincount(d, minlength=customers)
+    return counts
 
 
 def estimate(bandit: LoggedBandit, target: np.ndarray, metric: str, q: np.ndarray | None = None,
