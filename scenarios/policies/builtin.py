@@ -212,7 +212,8 @@ class EpsilonGreedyPolicy(_Learner):
 class ThompsonPolicy(_Learner):
     """Thompson sampling with a Beta(alpha, beta) prior per (group of ``by``, product): each request draws a
     rate from every product's posterior (inverse CDF of its own uniforms) and shows the highest. Its
-    probabilities are estimated from THOMPSON_DRAWS posterior draws per group (a fixed-seed generator)."""
+    probabilities are estimated from THOMPSON_DRAWS posterior draws per group (a fixed-seed generator), as
+    (wins + 1/K) / (draws + 1) over K products: never 0, so every answer has a propensity in (0, 1]."""
 
     name = "thompson"
 
@@ -234,7 +235,8 @@ class ThompsonPolicy(_Learner):
         draws = rng.beta(a[:, None, :], b[:, None, :], size=(len(groups), THOMPSON_DRAWS, len(self.products)))
         wins = np.stack([np.bincount(w, minlength=len(self.products)) for w in draws.argmax(axis=2)])
         self._draw_groups = g
-        return (wins / THOMPSON_DRAWS)[index]
+        # (wins + 1/K) / (draws + 1): never 0, since the request's own draw may pick a product no estimate drew
+        return ((wins + 1.0 / len(self.products)) / (THOMPSON_DRAWS + 1))[index]
 
     def pick(self, batch, choice):
         a, b = self._posterior(self._draw_groups)

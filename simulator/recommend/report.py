@@ -16,10 +16,12 @@ from scipy import stats
 from twinsim.models.artifacts import write_json
 from twinsim.models.validation.report import esc, fmt, html_page, img_tag, png
 from twinsim.simulator.recommend.metrics import CHURN_DAYS, RATIOS, compare, measure_run
+from twinsim.simulator.recommend.ope import ESTIMATORS, METRICS, against_truth
 from twinsim.simulator.whatif.runs import Run
 from twinsim.simulator.whatif.uplift import _clean
 
 RANKED = ("ctr", "purchases_per_show")  # the metrics whose policy rankings truth and twin are compared on
+VERDICT = {True: "met", False: "not met", None: "n/a"}
 HEADLINE = ("ctr", "purchases_per_show", "revenue_per_decision", "churn_30")
 LABELS = {"customers": "customers", "decisions": "decisions", "shows": "shows", "show_rate": "show rate",
           "clicks": "clicks", "ctr": "CTR (clicked shows / shows)", "purchases": "purchases",
@@ -34,11 +36,13 @@ LABELS = {"customers": "customers", "decisions": "decisions", "shows": "shows", 
 
 
 def write_report(runs: dict[str, Run], out_dir: str | Path, values: dict[str, float], title: str, about: dict,
-                 truth: dict[str, Run] | None = None) -> dict:
+                 truth: dict[str, Run] | None = None, ope: dict | None = None) -> dict:
     """Measure every policy's run (``runs``: policy name -> its run, the first the reference), write report.json
     and report.html into ``out_dir`` and return the report. ``values``: the catalogue's value per purchase
     (every catalogue product); ``about``: what was compared (customers, days, start, environment,
-    common_random_numbers, ...); ``truth``: the same policies in the reference world, if run."""
+    common_random_numbers, ...); ``truth``: the same policies in the reference world, if run; ``ope``: the
+    off-policy estimates of the same policies (``ope.evaluate``), set against the truth and the twin (needs
+    ``truth``)."""
     if not runs:
         raise ValueError("write_report needs at least one policy's run; give runs as {policy name: Run}")
     report = {"title": title, "about": dict(about), "catalogue": {str(k): float(v) for k, v in values.items()},
@@ -51,6 +55,12 @@ def write_report(runs: dict[str, Run], out_dir: str | Path, values: dict[str, fl
             raise ValueError(f"truth has no run of the policies {missing}; run the same policies in the reference "
                              f"world (truth holds {list(truth)})")
         report["truth"] = truth_against(report, compare({name: measure_run(truth[name], values) for name in runs}))
+    report["ope"] = None
+    if ope is not None:
+        if truth is None:
+            raise ValueError("the off-policy estimates are set against the truth: give truth too")
+        report["ope"] = against_truth(ope, *({n: {m: side[n][m]["value"] for m in METRICS} for n in runs}
+                                             for side in (report["truth"]["policies"], report["policies"])))
     report = jsonable(report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,6 +319,45 @@ def _segments(report: dict) -> str:
     return f"<table><tr><th>segment</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _ope(report: dict) -> str:
+    """The off-policy estimates against the truth and the twin (the ``ope`` section), or nothing."""
+    ope = report.get("ope")
+    if not ope:
+        return ""
+    head = "".join(f"<th>{esc(LABELS[m])}: truth</th>" + "".join(f"<th>{e.upper()}</th>" for e in ESTIMATORS)
+                   + "<th>twin</th>" for m in METRICS)
+    rows = []
+    for name, row in ope["policies"].items():
+        cells = []
+        for m in METRICS:
+            r = row[m]
+            cells.append(_td(_rate(r["truth"])) + "".join(_td(_rate(r[e]["value"], r[e]["relative_error"]))
+                                                          for e in ESTIMATORS)
+                         + _td(_rate(r["twin"], r["twin_relative_error"])))
+        rows.append(f"<tr><td>{esc(name)}</td>{''.join(cells)}</tr>")
+    lines = []
+    for m, s in ope["summary"].items():
+        medians = ", ".join(f"{e.upper()} {_share(v)}" for e, v in s["median_abs_relative_error"].items())
+        lines.append(f"{LABELS[m]}: median |relative error| {medians}; best {esc(str(s['best']).upper())}; twin "
+                     f"{_share(s['twin_median'])}; target (twin at most half the best): {VERDICT[s['target_met']]}")
+    about = ope["about"]
+    return (f"<h2>Off-policy estimates from the logged data</h2><p class='meaning'>DM, IPW, SNIPW and DR of each "
+            f"policy's value per show from the logging policy's {about['decisions']:,} logged decisions "
+            f"({esc(about['start'][:10])} to {esc(about['end'][:10])}), against the truth; in brackets the relative "
+            f"error. {'<br>'.join(esc(x) for x in lines)}.</p>"
+            f"<table><tr><th>policy</th>{head}</tr>{''.join(rows)}</table>")
+
+
+def _rate(value, relative=None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" + ("" if relative is None else f" ({relative:+.0%})")
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def render_html(report: dict) -> str:
     images = plots(report)
     body = f"""\
@@ -337,5 +386,6 @@ are 95 %, clustered by customer (delta method).</p>
 {_segments(report)}
 <h2>Every metric</h2>
 {_table(report)}
+{_ope(report)}
 """
     return html_page(report["title"], body)

@@ -66,10 +66,84 @@ class PolicySetup:
         """A fresh policy for one chunk (None: the bank's own offers), bound with a seed of the chunk's own."""
         if self.spec is None:
             return None
-        return PolicyOffers(self, pop, streams, int(np.random.SeedSequence([seed, pop.first_id]).generate_state(1)[0]))
+        return PolicyOffers(self, pop, streams, policy_seed(seed, pop.first_id))
 
     def start_date(self) -> date:
         return self.window_start + timedelta(days=self.start)
+
+
+def policy_seed(seed: int, first_id: int) -> int:
+    """The seed a chunk's fresh policy is bound with: a pure function of the world's seed and the chunk."""
+    return int(np.random.SeedSequence([seed, first_id]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Requests:
+    """What one chunk's decision requests are made of: the customers' ``ids`` and ``attributes`` (chunk-local
+    rows, the users table's), their ``streams`` and the window's start (microseconds since the epoch). The
+    world's policy offers and the off-policy estimators (``simulator/recommend/ope.py``) build batches with it."""
+
+    ids: np.ndarray
+    attributes: pd.DataFrame
+    streams: st.Streams
+    start_us: int
+
+    def batch(self, user: np.ndarray, number: np.ndarray, micros: np.ndarray, recent: pd.DataFrame) -> DecisionBatch:
+        """The requests of chunk-local customers ``user`` (their decision ``number`` of the run, shown at
+        ``micros`` since the window start), in the order given, with their ``recent`` events."""
+        return DecisionBatch(
+            request_id=np.array([f"{self.ids[u]}:{k}" for u, k in zip(user, number, strict=True)], dtype=object),
+            user_id=self.ids[user],
+            time=pd.DatetimeIndex(pd.to_datetime(self.start_us + micros, unit="us", utc=True)),
+            attributes=self.attributes.iloc[user].reset_index(drop=True),
+            recent=recent,
+            uniforms=self.uniforms(user, number))
+
+    def uniforms(self, user: np.ndarray, number: np.ndarray) -> np.ndarray:
+        """Each request's own uniforms: keyed by (seed, customer, decision number), whatever the policy."""
+        return self.streams.draw(st.POLICY, user, 0, POLICY_UNIFORMS, number)
+
+
+def call_policy(policy, where: str, method: str, *args):
+    """``policy.method(*args)``; an exception of the policy's own becomes a PolicyError naming ``where``."""
+    try:
+        return getattr(policy, method)(*args)
+    except PolicyError:
+        raise
+    except Exception as e:  # the policy's own bug: name the policy and the call
+        raise PolicyError(f"{where}: {method}() raised {type(e).__name__}: {e}") from e
+
+
+def recent_events(events: dict[str, np.ndarray], day: int, user: np.ndarray, customers: int,
+                  start_us: int) -> pd.DataFrame:
+    """The latest events before ``day`` (at most RECENT_EVENTS each) of the chunk-local customers ``user``
+    (one block per request, oldest first), from ``events``: the chunk's event codes by :data:`EVENT_COLUMNS`
+    (at least those of the last RECENT_DAYS days before ``day``; earlier ones are ignored)."""
+    ev = events
+    wanted = np.zeros(customers, bool)
+    wanted[user] = True
+    seconds = ev["seconds"]
+    rows = np.flatnonzero(wanted[ev["user"]] & (seconds < day * DAY) & (seconds >= (day - RECENT_DAYS) * DAY))
+    micros = ev["seconds"][rows] * 1_000_000 + ev["jitter"][rows]
+    rows = rows[np.lexsort((micros, ev["user"][rows]))]
+    counts = np.bincount(ev["user"][rows], minlength=customers)
+    rank_from_end = np.repeat(counts[counts > 0], counts[counts > 0]) - st.nth(counts[counts > 0])
+    rows = rows[rank_from_end <= RECENT_EVENTS]
+    counts = np.minimum(counts, RECENT_EVENTS)
+    starts = np.cumsum(counts) - counts
+    per_request = counts[user]
+    take = rows[np.repeat(starts[user], per_request) + st.nth(per_request)]
+
+    def labels(codes, vocabulary):
+        return np.where(codes >= 0, np.asarray(vocabulary + ("",), dtype=object)[codes], None)
+
+    return pd.DataFrame({
+        "request": np.repeat(np.arange(len(user)), per_request),
+        "timestamp": pd.to_datetime(start_us + ev["seconds"][take] * 1_000_000 + ev["jitter"][take],
+                                    unit="us", utc=True),
+        "event_type": np.asarray(laws.EVENT_TYPES, dtype=object)[ev["etype"][take]],
+        "amount": ev["amount"][take].astype(np.float64),
+        **{mark: labels(ev[mark][take], vocabulary) for mark, vocabulary in MARK_CODES.items()}})
 
 
 def policy_setup(policy: str | None, policy_start, share: float | None, days: int, window_start: date) -> PolicySetup:
@@ -122,20 +196,15 @@ class PolicyOffers:
         self.learns = callable(getattr(self.policy, "feedback", None))
         attributes = users_table(pop).to_pandas()
         self.ids = attributes.pop("user_id").to_numpy(dtype=object)
-        self.attributes = attributes
-        self.start_us = np.datetime64(setup.window_start, "us").astype(np.int64)
+        self.start_us = int(np.datetime64(setup.window_start, "us").astype(np.int64))
+        self.requests = Requests(self.ids, attributes, streams, self.start_us)
         self.seen = 0  # EventBuffer parts already read
         self.events = {c: np.empty(0, np.int64) for c in EVENT_COLUMNS}  # the last RECENT_DAYS days
         self.offer_events = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
         self.pending = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, object))
 
     def _call(self, method: str, *args):
-        try:
-            return getattr(self.policy, method)(*args)
-        except PolicyError:
-            raise
-        except Exception as e:  # the policy's own bug: name the policy and the call
-            raise PolicyError(f"{self.where}: {method}() raised {type(e).__name__}: {e}") from e
+        return call_policy(self.policy, self.where, method, *args)
 
     def at_logins(self, chunk: Chunk, day: int, logins: Logins) -> None:
         if day < self.setup.start:
@@ -176,17 +245,8 @@ class PolicyOffers:
 
     def _batch(self, day: int, slots: Slots, n: np.ndarray, order: np.ndarray) -> DecisionBatch:
         user = slots.user[order]
-        return DecisionBatch(
-            request_id=np.array([f"{self.ids[u]}:{k}" for u, k in zip(user, n[order], strict=True)], dtype=object),
-            user_id=self.ids[user],
-            time=pd.DatetimeIndex(pd.to_datetime(self.start_us + slots.micros[order], unit="us", utc=True)),
-            attributes=self.attributes.iloc[user].reset_index(drop=True),
-            recent=self._recent(day, user),
-            uniforms=self._uniforms(slots, n, order))
-
-    def _uniforms(self, slots: Slots, n: np.ndarray, order: np.ndarray) -> np.ndarray:
-        """Each request's own uniforms: keyed by (seed, customer, decision number), whatever the policy."""
-        return self.streams.draw(st.POLICY, slots.user[order], 0, POLICY_UNIFORMS, n[order])
+        return self.requests.batch(user, n[order], slots.micros[order],
+                                   recent_events(self.events, day, user, len(self.ids), self.start_us))
 
     def _read(self, chunk: Chunk, day: int) -> None:
         """Fold the events added since the last read into the recent-events and offer-events stores."""
@@ -199,33 +259,6 @@ class PolicyOffers:
         micros = new[1][offer] * 1_000_000 + new[7][offer]
         self.offer_events = tuple(np.concatenate([a, b]) for a, b in zip(self.offer_events, (
             new[0][offer], micros, new[2][offer].astype(np.int64), new[6][offer].astype(np.int64)), strict=True))
-
-    def _recent(self, day: int, user: np.ndarray) -> pd.DataFrame:
-        """The requests' customers' latest events before the day (at most RECENT_EVENTS each), oldest first."""
-        ev = self.events
-        wanted = np.zeros(len(self.ids), bool)
-        wanted[user] = True
-        rows = np.flatnonzero(wanted[ev["user"]] & (ev["seconds"] < day * DAY))
-        micros = ev["seconds"][rows] * 1_000_000 + ev["jitter"][rows]
-        rows = rows[np.lexsort((micros, ev["user"][rows]))]
-        counts = np.bincount(ev["user"][rows], minlength=len(self.ids))
-        rank_from_end = np.repeat(counts[counts > 0], counts[counts > 0]) - st.nth(counts[counts > 0])
-        rows = rows[rank_from_end <= RECENT_EVENTS]
-        counts = np.minimum(counts, RECENT_EVENTS)
-        starts = np.cumsum(counts) - counts
-        per_request = counts[user]
-        take = rows[np.repeat(starts[user], per_request) + st.nth(per_request)]
-
-        def labels(codes, vocabulary):
-            return np.where(codes >= 0, np.asarray(vocabulary + ("",), dtype=object)[codes], None)
-
-        return pd.DataFrame({
-            "request": np.repeat(np.arange(len(user)), per_request),
-            "timestamp": pd.to_datetime(self.start_us + ev["seconds"][take] * 1_000_000 + ev["jitter"][take],
-                                        unit="us", utc=True),
-            "event_type": np.asarray(laws.EVENT_TYPES, dtype=object)[ev["etype"][take]],
-            "amount": ev["amount"][take].astype(np.float64),
-            **{mark: labels(ev[mark][take], vocabulary) for mark, vocabulary in MARK_CODES.items()}})
 
     def _feedback(self, chunk: Chunk, day: int) -> None:
         """Outcomes of the policy's shows whose window closed by the day's start, to ``policy.feedback``."""
