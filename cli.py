@@ -775,7 +775,10 @@ def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int,
                         seed=seed)
     config.validate()
     bind = control_api.parse_bind(control) if control else None
-    opened = open_sinks(sinks or ["jsonl:-"], template)
+    run = LiveRun(model_dir, config, [], state=state)
+    columns = ["event_id", "user_id", "timestamp", "event_type", "amount", *run.schema.marks]
+    opened = open_sinks(sinks or ["jsonl:-"], template, columns=columns)
+    run.sinks = opened
 
     def progress(s: dict) -> None:
         if quiet:
@@ -786,8 +789,8 @@ def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int,
         click.echo(f"{s['now'][:19]}Z  {s['speed']:g}x  {s['active']}/{s['customers']} customers  emitted "
                    f"{s['emitted']:,} (history {s['history']:,})  lateness p99 {late}  | {per_sink}", err=True)
 
+    run.on_progress = progress
     try:
-        run = LiveRun(model_dir, config, opened, state=state, on_progress=progress)
         if not quiet:
             click.echo(f"sampling {users} customers' {history_days} days of history ...", err=True)
         history = run.backfill()
