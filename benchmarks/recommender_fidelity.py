@@ -85,6 +85,7 @@ def main() -> None:
         summary[f"median_relative_error_{key}"] = float(np.median(rel)) if rel else None
         summary[key] = {n: (errors[n][key]["truth"], errors[n][key]["twin"]) for n in errors}
     summary["ope"] = ope_summary(report["ope"])
+    summary["long_horizon"] = long_horizon(report)
     print(json.dumps(summary))
 
 
@@ -101,6 +102,31 @@ def truth_runs(args, config: dict, start: str) -> dict[str, Run]:
                                      share=args.share)
         truth[name] = read_run(run_dir, start=start)
     return truth
+
+
+def long_horizon(report: dict, min_shows: int = 50) -> dict:
+    """What the off-policy estimators cannot give, twin against truth: churn within 30 days of the start (needs
+    ``--days`` >= 30) and the fatigue curve (CTR by n-th exposure of the same product; exposures with at least
+    ``min_shows`` shows on both sides), per policy, with the median |relative error| of churn and the median
+    absolute CTR difference along the curves."""
+    truth, twin, errors = report["truth"]["policies"], report["policies"], report["truth"]["errors"]
+    out, churn_rel, curve_diff = {"policies": {}}, [], []
+    for name in twin:
+        row = errors[name].get("churn_30", {})
+        curves = [(a["n"], a["ctr"], b["ctr"]) for a, b in zip(truth[name]["fatigue"], twin[name]["fatigue"],
+                                                                strict=True)
+                  if a["shows"] >= min_shows and b["shows"] >= min_shows]
+        diffs = [abs(w - t) for _, t, w in curves]
+        out["policies"][name] = {"churn_30": {"truth": row.get("truth"), "twin": row.get("twin"),
+                                              "relative_error": row.get("relative_error")},
+                                 "fatigue": [{"n": n, "truth": t, "twin": w} for n, t, w in curves],
+                                 "fatigue_mean_abs_ctr_difference": float(np.mean(diffs)) if diffs else None}
+        if row.get("relative_error") is not None:
+            churn_rel.append(abs(row["relative_error"]))
+        curve_diff += diffs
+    out["median_relative_error_churn_30"] = float(np.median(churn_rel)) if churn_rel else None
+    out["median_abs_ctr_difference_fatigue"] = float(np.median(curve_diff)) if curve_diff else None
+    return out
 
 
 def ope_summary(section: dict) -> dict:

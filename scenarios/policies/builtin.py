@@ -12,6 +12,7 @@ its whole distribution (``Actions.probabilities``), so off-policy estimators can
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import special
 
 from twinsim.models import kernels
@@ -245,5 +246,52 @@ class ThompsonPolicy(_Learner):
         return np.argmax(special.betaincinv(a, b, u), axis=1)
 
 
+class TrainedGreedyPolicy(SegmentGreedyPolicy):
+    """Segment-greedy trained offline on the event log ``log`` (a dataset directory or events file with a users
+    table), then frozen: per value of ``by``, the counts of the log's offers (``offer_shown`` events) and their
+    rewards within ``FEEDBACK_HOURS`` (``simulator/recommend/metrics.outcomes``), and it shows the product with
+    the highest posterior mean rate; it learns nothing online. The dual-track benchmark trains it on the real
+    log and on a twin's synthetic one and deploys both in the reference world."""
+
+    name = "trained-greedy"
+
+    def __init__(self, log: str, by: str = "segment", reward: str = "click", show: float = 1.0) -> None:
+        super().__init__(by=by, reward=reward, show=show)
+        self.log = str(log)
+
+    def bind(self, catalogue, seed):
+        super().bind(catalogue, seed)
+        from twinsim.models.event_log import load_event_log
+        from twinsim.simulator.recommend.metrics import outcomes
+
+        log = load_event_log(self.log)
+        if log.users is None or self.by not in log.users:
+            raise PolicyError(f"{self.name}: log={self.log} has no users table with the attribute {self.by!r} "
+                              "to group by; give a dataset directory with users.parquet, or by=ATTRIBUTE")
+        events = log.events
+        offers = events[events["event_type"].astype(str) == catalogue.event_type]
+        shows = outcomes(pd.DataFrame({"user_id": offers["user_id"].astype(str),
+                                       "request_id": np.arange(len(offers)).astype(str),
+                                       "timestamp": offers["timestamp"],
+                                       "product": offers[catalogue.mark].astype(object)}), events)
+        shows = shows[shows["product"].isin(self.products)]
+        group = log.users.set_index(log.users["user_id"].astype(str))[self.by].astype(str)
+        labels = group.reindex(shows["user_id"]).fillna("").to_numpy()
+        for label in dict.fromkeys(labels):
+            self.groups[label] = len(self.groups)
+        self.counts = np.zeros((len(self.groups), 2, len(self.products)))
+        g = np.array([self.groups[x] for x in labels], dtype=np.int64)
+        index = {p: j for j, p in enumerate(self.products)}
+        product = np.array([index[p] for p in shows["product"]], dtype=np.int64)
+        won = shows["clicked" if self.reward == "click" else "purchased"].to_numpy(dtype=float)
+        np.add.at(self.counts, (g, 0, product), 1.0)
+        np.add.at(self.counts, (g, 1, product), won)
+        self.trained_on = int(len(shows))
+
+    def feedback(self, outcomes):
+        """Frozen: what it was trained on is all it knows."""
+
+
 BUILTINS = {"random": RandomPolicy, "logged": LoggedPolicy, "fixed": FixedPolicy, "popular": PopularPolicy,
-            "segment-greedy": SegmentGreedyPolicy, "epsilon-greedy": EpsilonGreedyPolicy, "thompson": ThompsonPolicy}
+            "segment-greedy": SegmentGreedyPolicy, "epsilon-greedy": EpsilonGreedyPolicy, "thompson": ThompsonPolicy,
+            "trained-greedy": TrainedGreedyPolicy}
