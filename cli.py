@@ -784,7 +784,9 @@ def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int,
         if quiet:
             return
         per_sink = "; ".join(f"{k['sink']} acked {k['acknowledged']:,} retried {k['retried']:,} failed "
-                             f"{k['failed']:,} pending {k['pending']:,}" for k in s["sinks"])
+                             f"{k['failed']:,} pending {k['pending']:,} lag p99 "
+                             f"{'-' if k['lag_p99_s'] is None else format(k['lag_p99_s'] * 1000, '.0f') + ' ms'}"
+                             for k in s["sinks"])
         late = "-" if s["lateness_p99_s"] is None else f"{s['lateness_p99_s'] * 1000:.0f} ms"
         click.echo(f"{s['now'][:19]}Z  {s['speed']:g}x  {s['active']}/{s['customers']} customers  emitted "
                    f"{s['emitted']:,} (history {s['history']:,})  lateness p99 {late}  | {per_sink}", err=True)
