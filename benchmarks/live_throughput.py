@@ -100,7 +100,7 @@ def backfill(args) -> dict:
         drop(args.postgres, table)
     return {"customers": args.backfill_users, "days": args.backfill_days, "events": events, "rows": rows,
             "sample_s": round(sampled, 2), "sample_and_write_s": round(total, 2),
-            "write_events_per_s": round(events / max(total - sampled, 1e-9))}
+            "write_events_per_s": round(events / (total - sampled)) if total > 1.5 * sampled else None}
 
 
 def live(args) -> dict:
