@@ -722,10 +722,14 @@ def _parse_duration(ctx, param, value: str | None) -> float | None:
 
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--users", default=50, show_default=True, help="Live customers to start with.")
+@click.option("--users", type=int, default=None,
+              help="Live customers to start with (default 50; with --history: the log's first N, default all).")
 @click.option("--where", multiple=True, help="Condition their attributes, e.g. --where segment=student.")
 @click.option("--history-days", default=365, show_default=True,
               help="Days of past each customer has before the start, written to the sinks first (in bulk).")
+@click.option("--history", "history", default=None, type=click.Path(path_type=Path),
+              help="Take the customers of this event log instead: their events are their past, then the model "
+                   "continues the silence after the log up to the start (both written first), then live.")
 @click.option("--speed", default=60.0, show_default=True,
               help="Simulated seconds per wall-clock second (1: real time, 60: a minute a second, 3600: an hour).")
 @click.option("--sink", "sinks", multiple=True,
@@ -745,7 +749,8 @@ def _parse_duration(ctx, param, value: str | None) -> float | None:
 @click.option("--state", "state", default=None, type=click.Path(path_type=Path),
               help="Keep the run's state here; started again with the same options it continues where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int, speed: float,
+def live(model_dir: Path, users: int | None, where: tuple[str, ...], history_days: int, history: Path | None,
+         speed: float,
          sinks: tuple[str, ...], template: str | None, control: str | None, control_token: str | None,
          start: str | None, for_s: float | None, until: str | None, seed: int, state: Path | None,
          quiet: bool) -> None:
@@ -771,8 +776,10 @@ def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int,
     from twinsim.simulator.live.engine import LiveConfig, LiveRun
     from twinsim.simulator.live.sinks import open_sinks
 
-    config = LiveConfig(users=users, where=parse_where(where), history_days=history_days, speed=speed, start=start,
-                        seed=seed)
+    if users is None and history is None:
+        users = 50
+    config = LiveConfig(users=users, where=parse_where(where), history_days=history_days,
+                        history=str(history) if history else None, speed=speed, start=start, seed=seed)
     config.validate()
     bind = control_api.parse_bind(control) if control else None
     run = LiveRun(model_dir, config, [], state=state)
@@ -794,7 +801,8 @@ def live(model_dir: Path, users: int, where: tuple[str, ...], history_days: int,
     run.on_progress = progress
     try:
         if not quiet:
-            click.echo(f"sampling {users} customers' {history_days} days of history ...", err=True)
+            click.echo(f"replaying {history} and continuing it to the start ..." if history else
+                       f"sampling {users} customers' {history_days} days of history ...", err=True)
         history = run.backfill()
         if not quiet:
             click.echo(f"history: {history:,} events written to {', '.join(s.name for s in opened)}", err=True)

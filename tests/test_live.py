@@ -27,10 +27,10 @@ def collect():
     return got, CallableSink(lambda records: got.extend(dict(r) for r in records), name="memory")
 
 
-def live(model_dir, until, users=6, speed=FAST, state=None, control=None, **config):
+def live(model_dir, until, users=6, speed=FAST, state=None, control=None, start_override=None, **config):
     got, sink = collect()
-    run = LiveRun(model_dir, LiveConfig(users=users, history_days=20, speed=speed, start=START, seed=5, **config),
-                  [sink], state=state)
+    run = LiveRun(model_dir, LiveConfig(users=users, history_days=20, speed=speed, start=start_override or START,
+                                        seed=5, **config), [sink], state=state)
     if control is not None:
         threading.Thread(target=control, args=(run,), daemon=True).start()
     summary = run.run(until=until)
@@ -285,3 +285,26 @@ def test_history_and_live_into_postgres_and_a_failing_webhook_hold_each_event_on
     assert {r["event_id"] for r in received} == set(expected) and not (tmp_path / "dead.jsonl").exists()
     assert len(received) >= len(expected)  # repeats only where a stalled batch was sent again
     assert requests[0] > len(received) / 25  # some requests failed and were retried
+
+
+def test_a_logs_customers_go_live_with_their_own_events_first_then_the_gap_then_live(model_dir, small_world):
+    """--history: the log's events of each customer come first (numbered from 0, exactly the log's), then the
+    model continues the silence after the log's observation up to the start (also history), then live."""
+    from twinsim.models.errors import TwinsimError
+    from twinsim.models.event_log import load_event_log
+
+    log = load_event_log(small_world).events  # 120 days from 2025-01-01: observed until 2025-05-01
+    got, summary, run = live(model_dir, "2025-05-20", users=3, history=str(small_world),
+                             start_override="2025-05-10T00:00:00Z")
+    ids = [str(u) for u in run.groups[0].user_ids]
+    known = log[log["user_id"].astype(str).isin(ids)]
+    history = got[:summary["history"]]
+    from_log = [r for r in history if r["timestamp"] < "2025-05-01"]
+    assert len(from_log) == len(known) and {r["user_id"] for r in from_log} == set(ids)
+    assert sorted(r["timestamp"][:19] for r in from_log) == sorted(
+        pd.DatetimeIndex(known["timestamp"]).strftime("%Y-%m-%dT%H:%M:%S"))
+    gap = [r for r in history if r["timestamp"] >= "2025-05-01"]
+    assert gap and all(r["timestamp"] < "2025-05-10" for r in gap)  # the silence after the log, continued
+    assert all(r["timestamp"] >= "2025-05-10" for r in got[summary["history"]:])
+    with pytest.raises(TwinsimError, match="observed until"):
+        LiveRun(model_dir, LiveConfig(users=3, history=str(small_world), start="2025-04-01"), []).backfill()

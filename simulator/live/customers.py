@@ -1,5 +1,5 @@
-"""The live customers: groups of new customers (one :class:`Group` per ``--users`` or per added batch), each a
-cohort of the simulation engine stepped a little at a time, with every event numbered and identified.
+"""The live customers: groups of customers (one :class:`Group` per ``--users``, ``--history`` or added batch),
+each a cohort of the simulation engine stepped a little at a time, with every event numbered and identified.
 
 A group's customers are drawn from the model (``--where`` conditions their attributes) with population
 indices that continue from the groups before it, so adding customers never changes anyone else: a
@@ -57,12 +57,13 @@ class Imposed:
 
 
 class Group:
-    """Customers that joined together at ``joined_s`` with ``history_days`` of sampled past."""
+    """Customers that joined together at ``joined_s``, their past sampled from ``begin_s``; or, with a known
+    history (``part.history``, a given log's customers), that history replayed first and the silence after it
+    continued up to ``joined_s`` (:attr:`known`: the log's own events, numbered first)."""
 
     def __init__(self, loaded: Loaded, model_dir: str, seed: int, members: np.ndarray, part: Population,
-                 joined_s: float, history_days: int) -> None:
+                 joined_s: float, begin_s: float) -> None:
         self.schema, self.seed = loaded.schema, seed
-        begin_s = joined_s - history_days * DAY_S
         spec = RunSpec(str(model_dir), "", seed, Scenario(name="live"), None, begin_s, joined_s,
                        joined_s + FOREVER_DAYS * DAY_S, len(members) + MIN_ROWS, len(members))
         # each group its own key-value cache (groups run side by side); the model itself is shared
@@ -76,6 +77,11 @@ class Group:
         self.counts = np.zeros(len(members), dtype=np.int64)
         self.recent = [deque(maxlen=RECENT) for _ in members]
         self.frontier_s = begin_s
+        self.known = _empty(self.schema)
+        h = part.history
+        if h is not None:  # the log's events come first in each customer's numbering
+            rows = np.repeat(np.arange(len(members)), np.diff(h.offsets))
+            self.known = self._frame(Events(rows, h.time_s, h.type, h.marks, h.amount))
 
     def advance(self, horizon_s: float) -> pd.DataFrame:
         """Every event before ``horizon_s`` not yet drawn, in time order, numbered and identified (see

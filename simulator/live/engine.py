@@ -38,7 +38,7 @@ from twinsim.simulator.cohort import DAY_S, Loaded
 from twinsim.simulator.engine import _model_hash
 from twinsim.simulator.live.clock import LiveClock
 from twinsim.simulator.live.customers import Group, Imposed, check_imposed, draw_customers, iso, records, rows_of
-from twinsim.simulator.population import as_utc
+from twinsim.simulator.population import Population, as_utc, history_population
 
 FAST_TICK_S = 3600.0  # simulated seconds per tick while jumping ahead
 GROUP_WALL_S = 0.001  # events due within this many wall seconds of each other are emitted together
@@ -49,19 +49,27 @@ JUMP_LIMIT_DAYS = 400  # a jump to a customer's next event of a type gives up af
 @dataclass
 class LiveConfig:
     """A live run: ``users`` new customers (``where``: attribute values, e.g. ``{"segment": ["student"]}``),
-    each with ``history_days`` of past before ``start`` (default: now), then live at ``speed``."""
+    each with ``history_days`` of past before ``start`` (default: now), or the customers of the event log
+    ``history`` (its events, then the model's continuation of the silence after them up to ``start``); then
+    live at ``speed``."""
 
-    users: int = 50
+    users: int | None = 50  # with ``history``: the first N of the log's customers (None: all)
     where: dict[str, list[str]] = field(default_factory=dict)
     history_days: int = 365
+    history: str | None = None  # an event log whose customers go live (their past: the log, then the gap)
     speed: float = 60.0
     start: str | None = None
     seed: int = 0
     tick_s: float = 0.05
 
     def validate(self) -> None:
-        if self.users < 1:
+        if self.users is not None and self.users < 1:
             raise TwinsimError(f"--users must be at least 1 (got {self.users}); e.g. --users 50")
+        if self.history is None and self.users is None:
+            raise TwinsimError("give --users N (new customers) or --history LOG (a log's customers)")
+        if self.history is not None and self.where:
+            raise TwinsimError("--where draws new customers; with --history the customers are the log's: leave "
+                               "--where out (or cut the log first)")
         if self.history_days < 0:
             raise TwinsimError(f"--history-days must be >= 0 (got {self.history_days}); e.g. --history-days 365")
         if not self.speed > 0:
@@ -391,10 +399,21 @@ class LiveRun:
     # -- groups, replay, state -------------------------------------------------------------------------------------
     def _add_group(self, count: int, where: dict, at_s: float, write: bool) -> Group:
         first = sum(j["count"] for j in self.joined)
-        members, part = draw_customers(self.model_dir, self.schema, first, count, self.config.seed, where)
-        group = Group(self.loaded, str(self.model_dir), self.config.seed, members, part, at_s,
-                      self.config.history_days)
+        if self.config.history and not self.joined:
+            members, part, begin_s = self._logged_customers(at_s)
+            count = len(members)
+        else:
+            members, part = draw_customers(self.model_dir, self.schema, first, count, self.config.seed, where)
+            begin_s = at_s - self.config.history_days * DAY_S
+        taken = set().union(*(g.row_of for g in self.groups))
+        clash = sorted(taken.intersection(part.users["user_id"].astype(str)))
+        if clash:
+            raise CommandError(f"the new customers' ids {clash[:3]} are taken by customers of the run (the --history "
+                               "log uses twinsim's own ids); continue a log with other ids to add customers", 409)
+        group = Group(self.loaded, str(self.model_dir), self.config.seed, members, part, at_s, begin_s)
         history = group.advance(at_s)
+        if len(group.known):
+            history = pd.concat([group.known, history], ignore_index=True)
         group.remember(records(history.groupby("row").tail(group.recent[0].maxlen), self.schema))
         if write and len(history):
             batch = records(history, self.schema)
@@ -406,6 +425,19 @@ class LiveRun:
         self.groups.append(group)
         self.joined.append({"first": first, "count": count, "where": where, "joined_s": at_s})
         return group
+
+    def _logged_customers(self, start_s: float) -> tuple[np.ndarray, Population, float]:
+        """``--history``: the log's customers (the first ``users`` of them if given), their known events, and
+        where their past begins; the live start must not fall inside the log's observation."""
+        population = history_population(Path(self.config.history), self.schema)
+        until = population.history.observed_until_s
+        if start_s < until:
+            raise TwinsimError(f"--start {iso(start_s)}: the history {self.config.history} is observed until "
+                               f"{iso(until)}; its customers go live at or after it (leave --start out: now)")
+        if self.config.users is not None:
+            population = population.take(np.arange(min(self.config.users, len(population))))
+        first = pd.Timestamp(population.history.time_s.min(), unit="s", tz="UTC").normalize().timestamp()
+        return np.arange(len(population), dtype=np.int64), population, min(first, start_s)
 
     def _log(self, entry: dict) -> None:
         self.log.append(entry)
