@@ -45,7 +45,8 @@ def make_app(run: LiveRun, token: str | None = None) -> web.Application:
 
     async def call(kind: str, **args):
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, partial(run.call, kind, 600.0 if kind in ("jump", "add") else 30.0, **args))
+        timeout = 600.0 if kind in ("jump", "add") else 30.0  # (new customers' history is sampled first)
+        return await loop.run_in_executor(None, partial(run.call, kind, timeout, **args))
 
     async def body(request: web.Request) -> dict:
         if not request.can_read_body:
