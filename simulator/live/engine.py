@@ -190,6 +190,7 @@ class LiveRun:
             frame = self._advance(horizon)
             self._check_jump(frame)
             yield from self._emit(frame)
+            self._end_jump()  # (a jump to an event ends with it: the rest of the tick keeps the schedule)
             if horizon > clock.now:
                 yield clock.timeout(horizon - clock.now)
             self.counts["ticks"] += 1
