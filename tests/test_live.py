@@ -144,6 +144,7 @@ def test_a_jump_ends_at_the_customers_next_event_of_that_type_and_the_clock_cont
     logins = [r for r in got if r["user_id"] == "s0000001" and r["event_type"] == "login"
               and seen["before"]["now"] <= r["timestamp"] < event["timestamp"]]
     assert not logins  # it was the next one
+    assert jump["now"] == event["timestamp"]  # and the clock stopped jumping at it
     assert summary["now"] < "2026-06-01"  # stopped by the call, long before --until
 
 
