@@ -42,6 +42,11 @@ def by_id(records):
     return {r["event_id"]: {k: v for k, v in r.items() if k != "scheduled_wall"} for r in records}
 
 
+def live_only(events: dict) -> dict:
+    """The events at or after START (compared as times: an event at START itself is live)."""
+    return {k: v for k, v in events.items() if pd.Timestamp(v["timestamp"]) >= pd.Timestamp(START)}
+
+
 def test_history_first_then_live_events_in_time_order_with_unique_ids(model_dir):
     got, summary, _ = live(model_dir, "2026-03-06")
     stamps = pd.to_datetime([r["timestamp"] for r in got], utc=True)
@@ -96,15 +101,15 @@ def test_an_imposed_offer_is_emitted_and_the_future_is_drawn_given_it(model_dir,
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "live.json").write_text(json.dumps(state))
     replay, _, _ = live(model_dir, "2026-03-12", state=tmp_path / "r")
-    live_part = {k: v for k, v in by_id(got).items() if v["timestamp"] >= START}
+    live_part = live_only(by_id(got))
     assert by_id(replay) == live_part
     # and without the call the customer's future differs from the offer on, nobody else's does
     plain, _, _ = live(model_dir, "2026-03-12")
-    plain_live = {k: v for k, v in by_id(plain).items() if v["timestamp"] >= START}
+    plain_live = live_only(by_id(plain))
     others = lambda events: {k: v for k, v in events.items() if v["user_id"] != "s0000002"}  # noqa: E731
     assert others(plain_live) == others(live_part)
-    assert {k for k, v in plain_live.items() if v["user_id"] == "s0000002"} != \
-        {k for k, v in live_part.items() if v["user_id"] == "s0000002"}
+    assert {k: v for k, v in plain_live.items() if v["user_id"] == "s0000002"} != \
+        {k: v for k, v in live_part.items() if v["user_id"] == "s0000002"}
 
 
 def test_added_customers_leave_the_others_unchanged(model_dir):
