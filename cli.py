@@ -166,6 +166,11 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
               help="DP: each user's gradient is clipped to this L2 norm.")
 @click.option("--dp-users-per-step", type=int, default=512, show_default=True,
               help="DP: expected number of users drawn (Poisson) per step.")
+@click.option("--calendar-off", "calendar_off", multiple=True,
+              help="A calendar input the model does not read (repeatable: month, hour, weekday, day_of_month, "
+                   "days_to_month_end). In a log of one year the month is also the time since it began: "
+                   "--calendar-off month keeps a continuation past it from replaying the log's start "
+                   "(docs/model.md).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the user split, initialisation and shuffling.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
@@ -173,7 +178,7 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
 def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size: int, lr: float, patience: int,
           d_model: int, layers: int, heads: int, window: int, max_train_users: int | None, terminal: tuple[str, ...],
           dp_epsilon: float | None, dp_delta: float, dp_max_grad_norm: float, dp_users_per_step: int,
-          seed: int, resume: bool, overwrite: bool, quiet: bool) -> None:
+          calendar_off: tuple[str, ...], seed: int, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train the event-sequence transformer (and the Markov baseline) on an event log.
 
     Users are split by a hash of their id into train / validation / holdout (80/10/10); the split is
@@ -192,7 +197,8 @@ def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size:
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                          max_train_users=max_train_users, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
-                         dp_max_grad_norm=dp_max_grad_norm, dp_users_per_step=dp_users_per_step)
+                         dp_max_grad_norm=dp_max_grad_norm, dp_users_per_step=dp_users_per_step,
+                         calendar_off=tuple(calendar_off))
     config.validate()
     log = load_event_log(data, users)
     for note in log.notes:

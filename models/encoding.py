@@ -64,6 +64,9 @@ class Schema:
     # event at ``time_of_day_s`` seconds after UTC midnight; generated events are snapped to it (events_frame).
     time_resolution: str = "second"
     time_of_day_s: float = 0.0
+    # Calendar inputs (CALENDAR_NAMES) the model does not read: held at one value in training and sampling
+    # (``twinsim train --calendar-off month``: in a log of one year the month is also the time since it began)
+    calendar_off: list[str] = field(default_factory=list)
     version: int = 2
 
     def to_json(self) -> dict:
@@ -86,7 +89,9 @@ class Schema:
         the model learned anything for (written to model.json)."""
         hours = np.arange(np.floor(self.window_start_s / 3600.0), np.ceil(self.window_end_s / 3600.0)) * 3600.0
         cal = kernels.calendar(hours)
-        return {name: np.unique(cal[:, j]).tolist() for j, name in enumerate(CALENDAR_NAMES)}
+        # an input held off reads as its value at the window's start (the BOS token's, in training too)
+        return {name: [int(cal[0, j])] if name in self.calendar_off else np.unique(cal[:, j]).tolist()
+                for j, name in enumerate(CALENDAR_NAMES)}
 
     @cached_property
     def _calendar_lookup(self) -> np.ndarray:
@@ -215,8 +220,14 @@ class EncodedLog:
 
 
 # ------------------------------------------------------------------------------------------- schema
-def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = None) -> Schema:
-    """Learn vocabularies, normalisation and the observation window from a validated log."""
+def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = None,
+               calendar_off: list[str] | None = None) -> Schema:
+    """Learn vocabularies, normalisation and the observation window from a validated log; ``calendar_off``:
+    calendar inputs the model is not to read (names of ``CALENDAR_NAMES``)."""
+    unknown = sorted(set(calendar_off or ()) - set(CALENDAR_NAMES))
+    if unknown:
+        raise TwinsimError(f"--calendar-off {','.join(unknown)}: not a calendar input; they are "
+                           f"{', '.join(CALENDAR_NAMES)}; e.g. --calendar-off month")
     ev = log.events
     types = sorted(map(str, ev["event_type"].cat.categories[ev["event_type"].cat.codes.unique()]))
     terminal = detect_terminal_types(ev) if terminal is None else terminal
@@ -258,6 +269,7 @@ def fit_schema(log: EventLog, split_seed: int = 0, terminal: list[str] | None = 
         recency_pairs=recency_pairs(ev, types, marks),
         time_resolution=log.resolution.unit,
         time_of_day_s=log.resolution.time_of_day_s,
+        calendar_off=sorted(calendar_off or []),
     )
 
 
@@ -351,7 +363,7 @@ def encode(log: EventLog, schema: Schema) -> EncodedLog:
         log_gap=np.log(gap_h).astype(np.float32),
         amount=amount,
         amount_z=amount_z,
-        calendar=kernels.calendar(time_s),
+        calendar=schema.calendar(time_s),  # (the training window's own values, but for the inputs held off)
         context=context_at(time_s, log.context, schema),
         last_days=last_occurrence(schema.recency_size, keys, days, offsets),
         recent=kernels.decayed_counts(np.stack(keys, axis=1), days, offsets, schema.recency_size, RECENT_DAYS),

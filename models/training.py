@@ -40,6 +40,7 @@ class TrainConfig:
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0  # each user's gradient is clipped to this L2 norm
     dp_users_per_step: int = 512  # expected users drawn per DP-SGD step: large steps drown less in the noise
+    calendar_off: tuple[str, ...] = ()  # calendar inputs the model does not read (``Schema.calendar_off``)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -164,7 +165,8 @@ def train(
         if out.exists():  # --overwrite: a half-trained new model must never sit beside an old model.json
             shutil.rmtree(out)
     torch.manual_seed(config.seed)
-    log, schema = fit_profile(log, fit_schema(log, split_seed=config.seed, terminal=terminal))
+    log, schema = fit_profile(log, fit_schema(log, split_seed=config.seed, terminal=terminal,
+                                              calendar_off=list(config.calendar_off)))
     splits = split_log(encode(log, schema), schema)
     train_log = splits["train"]
     if config.max_train_users and train_log.n_users > config.max_train_users:

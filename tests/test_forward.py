@@ -112,3 +112,30 @@ def test_context_beyond_the_table_holds_its_last_day(model_dir):
     z = context_at(np.array([t.timestamp() for t in times]), table, schema)[:, 0]
     raw = z * schema.context_std[0] + schema.context_mean[0]
     assert np.allclose(raw, [100.0, 90.0, 90.0, 80.0], atol=1e-3)
+
+
+def test_a_calendar_input_held_off_reads_as_one_value_in_training_and_sampling(small_log, tmp_path):
+    """``--calendar-off month``: every month reads as the window's first, in the encoded training log and when
+    sampling; the other inputs are untouched; the choice travels with the model; a wrong name is refused."""
+    from conftest import TINY
+
+    from twinsim.models import kernels
+    from twinsim.models.encoding import encode, fit_schema
+    from twinsim.models.training import TrainConfig, train
+
+    out = tmp_path / "m"
+    train(small_log, out, model_overrides=TINY, config=TrainConfig(epochs=1, batch_size=32, seed=1,
+                                                                    calendar_off=("month",)))
+    _, schema, _ = load_model(out)
+    assert schema.calendar_off == ["month"] and schema.calendar_seen["month"] == [1]
+    encoded = encode(small_log, schema)
+    raw = kernels.calendar(encoded.time_s)
+    assert set(raw[:, 3]) == {1, 2, 3, 4} and set(encoded.calendar[:, 3]) == {1}
+    assert np.array_equal(encoded.calendar[:, [0, 1, 2, 4]], raw[:, [0, 1, 2, 4]])
+    seconds = np.array([pd.Timestamp("2025-08-06 13:00", tz="UTC").timestamp()])
+    assert schema.calendar(seconds)[0, 3] == 1
+    manifest = simulate(out, SimulateConfig(users=20, start="2025-05-01", days=3, seed=1, history_days=3),
+                        tmp_path / "sim", overwrite=True)
+    assert manifest["events"] > 0
+    with pytest.raises(TwinsimError, match="--calendar-off season"):
+        fit_schema(small_log, calendar_off=["season"])
