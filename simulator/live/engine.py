@@ -466,7 +466,7 @@ class LiveRun:
 
     def _frontier(self) -> float:
         """Every event before the returned simulated time is acknowledged (or dead-lettered) by every sink."""
-        settled = min((s.stats()["acknowledged"] + s.stats()["failed"] for s in self.sinks),
+        settled = min((stats["acknowledged"] + stats["failed"] for stats in (s.stats() for s in self.sinks)),
                       default=self.counts["emitted"])
         while self.sent and self.sent[0][0] <= settled:
             _, latest = self.sent.popleft()
