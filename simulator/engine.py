@@ -129,7 +129,7 @@ def simulate(model_dir: str | Path, config: SimulateConfig, out: str | Path, res
         begin_s = min(first.timestamp(), start_s)
     else:
         begin_s = start_s - config.history_days * DAY_S
-    model_sha256 = _model_hash(model_dir)
+    model_sha256 = model_hash(model_dir)
     identity = {"config": asdict(config), "start": start.isoformat(), **_history_identity(population, start),
                 "model": str(model_dir),
                 "model_sha256": model_sha256, "scenario": scenario.to_json(),
@@ -268,7 +268,7 @@ def _history_identity(population: Population, start: pd.Timestamp) -> dict:
             "history_dataset": {"holds": "simulated", "from": until.isoformat(), "to": start.isoformat()}}
 
 
-def _model_hash(model_dir: Path) -> str:
+def model_hash(model_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in ("model.json", "model.pt"):
         digest.update((model_dir / name).read_bytes())

@@ -19,7 +19,7 @@ import pandas as pd
 
 from twinsim.models.encoding import Schema, static_arrays
 from twinsim.models.errors import TwinsimError
-from twinsim.models.generate import sample_attributes
+from twinsim.models.generate import events_frame, sample_attributes
 from twinsim.models.rollout import Events
 from twinsim.models.rowwise import MIN_ROWS, one_thread
 from twinsim.scenarios.scenario import Scenario
@@ -76,7 +76,6 @@ class Group:
         self.row_of = {u: i for i, u in enumerate(self.user_ids)}
         self.counts = np.zeros(len(members), dtype=np.int64)
         self.recent = [deque(maxlen=RECENT) for _ in members]
-        self.frontier_s = begin_s
         self.known = _empty(self.schema)
         h = part.history
         if h is not None:  # the log's events come first in each customer's numbering
@@ -90,7 +89,6 @@ class Group:
         with one_thread():
             cohort._advance(horizon_s)
         parts = [e for d in sorted(cohort.buffers) for e in cohort.buffers.pop(d)]
-        self.frontier_s = max(self.frontier_s, horizon_s)
         return self._frame(Events.concat(parts, len(self.schema.marks)))
 
     def impose(self, row: int, event: Imposed, at_s: float) -> None:
@@ -127,8 +125,6 @@ class Group:
     def _frame(self, events: Events) -> pd.DataFrame:
         if not len(events):
             return _empty(self.schema)
-        from twinsim.models.generate import events_frame
-
         order = np.lexsort((events.user, events.time_s))
         events = events.take(order)
         rows = events.user

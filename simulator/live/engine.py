@@ -35,9 +35,10 @@ from twinsim.models.errors import TwinsimError
 from twinsim.models.model_dir import load_model, read_table
 from twinsim.models.profile import without_profile
 from twinsim.simulator.cohort import DAY_S, Loaded
-from twinsim.simulator.engine import _model_hash
+from twinsim.simulator.engine import model_hash
 from twinsim.simulator.live.clock import LiveClock
 from twinsim.simulator.live.customers import Group, Imposed, check_imposed, draw_customers, iso, records, rows_of
+from twinsim.simulator.live.sinks.records import event_id
 from twinsim.simulator.population import Population, as_utc, history_population
 
 FAST_TICK_S = 3600.0  # simulated seconds per tick while jumping ahead
@@ -111,7 +112,7 @@ class LiveRun:
         self.loaded = Loaded(model, schema, read_table(self.model_dir, "context"))
         self.on_progress = on_progress
         self.state_dir = None if state is None else Path(state)
-        self.model_sha256 = _model_hash(self.model_dir)
+        self.model_sha256 = model_hash(self.model_dir)
         start = as_utc(config.start) if config.start else pd.Timestamp(int(time.time()), unit="s", tz="UTC")
         self.start_s = start.timestamp()
         self.groups: list[Group] = []
@@ -299,8 +300,6 @@ class LiveRun:
         if _at_s is None:
             self._log({"kind": "impose", "at_s": at_s, "user_id": user_id, "event_type": event_type,
                        "marks": event.marks, "amount": amount})
-        from twinsim.simulator.live.sinks.records import event_id
-
         return {"user_id": user_id, "event_type": event_type, "marks": event.marks, "amount": amount,
                 "timestamp": iso(group.cohort.roll.pending["t_next"][row]),
                 "event_id": event_id(self.config.seed, user_id, int(group.counts[row]))}
