@@ -149,13 +149,17 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
 @click.option("--users", "users", type=click.Path(path_type=Path), default=None,
               help="Users table, if DATA is not a dataset directory that has one.")
 @click.option("--epochs", default=8, show_default=True, help="Maximum passes over the training users.")
-@click.option("--batch-size", default=64, show_default=True, help="Windows per optimisation step.")
+@click.option("--batch-size", default=64, show_default=True,
+              help="Windows per optimisation step (with --chunk: steps of as many tokens).")
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
 @click.option("--patience", default=2, show_default=True, help="Stop after this many epochs without improvement.")
 @click.option("--d-model", default=64, show_default=True, help="Width of the transformer.")
 @click.option("--layers", default=2, show_default=True, help="Transformer blocks.")
 @click.option("--heads", default=4, show_default=True, help="Attention heads (one always has long memory).")
 @click.option("--window", default=32, show_default=True, help="Events of context the model sees.")
+@click.option("--chunk", type=int, default=None,
+              help="Train on chunks of this many events (a multiple of --window) with banded attention, exactly "
+                   "as sampling computes, each event once; default: half-overlapping windows (docs/model.md).")
 @click.option("--max-train-users", type=int, default=None, help="Train on a random subset of the training users.")
 @click.option("--terminal", multiple=True,
               help="Terminal event type(s); default: detected (always a user's last event).")
@@ -176,7 +180,8 @@ def inspect(path: Path, users: Path | None, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size: int, lr: float, patience: int,
-          d_model: int, layers: int, heads: int, window: int, max_train_users: int | None, terminal: tuple[str, ...],
+          d_model: int, layers: int, heads: int, window: int, chunk: int | None, max_train_users: int | None,
+          terminal: tuple[str, ...],
           dp_epsilon: float | None, dp_delta: float, dp_max_grad_norm: float, dp_users_per_step: int,
           calendar_off: tuple[str, ...], seed: int, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train the event-sequence transformer (and the Markov baseline) on an event log.
@@ -196,7 +201,7 @@ def train(data: Path, output: Path, users: Path | None, epochs: int, batch_size:
     from twinsim.models.training import train as fit
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                         max_train_users=max_train_users, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+                         chunk=chunk, max_train_users=max_train_users, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
                          dp_max_grad_norm=dp_max_grad_norm, dp_users_per_step=dp_users_per_step,
                          calendar_off=tuple(calendar_off))
     config.validate()

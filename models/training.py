@@ -22,7 +22,7 @@ from twinsim.models.event_log import EventLog
 from twinsim.models.model_dir import save_atomic, write_manifest
 from twinsim.models.profile import fit_profile
 from twinsim.models.transformer import EventTransformer, ModelConfig
-from twinsim.models.windows import RECENCY_PER_COLUMN, collate, make_windows, user_ended
+from twinsim.models.windows import RECENCY_PER_COLUMN, batches, collate, make_windows, user_ended
 
 PARTS = ("time", "type", "marks", "amount")
 
@@ -30,7 +30,8 @@ PARTS = ("time", "type", "marks", "amount")
 @dataclass
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 64  # windows per step
+    batch_size: int = 64  # windows per step; with chunk, steps of as many tokens (batch_size x (window + 1))
+    chunk: int | None = None  # events per training chunk (banded attention, models/windows.py); None: the window
     lr: float = 3e-3
     weight_decay: float = 0.01
     patience: int = 2  # epochs without validation improvement before stopping
@@ -78,15 +79,17 @@ def per_event(parts: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256) -> dict[str, float]:
-    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring)."""
+def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256,
+             chunk: int | None = None) -> dict[str, float]:
+    """Held-out NLL per event of ``model`` on every event of ``log`` (plus censoring), in the layout of
+    ``chunk`` (``models/windows.py``; long chunks score each event as sampling computes it)."""
     model.eval()
-    win = make_windows(log, model.cfg.window)
+    win = make_windows(log, model.cfg.window, chunk, model.cfg.n_layers)
     ended = user_ended(log, schema.terminal_codes)
     sums = dict.fromkeys((*PARTS, "events"), 0.0)
-    for i in range(0, len(win.user), batch_size):
-        batch = collate(log, win, np.arange(i, min(i + batch_size, len(win.user))), model.cfg.window, ended,
-                        model.bos, schema.window_start_s)
+    budget = batch_size * (model.cfg.window + 1)
+    for rows in batches(win, model.cfg.window, budget, None):
+        batch = collate(log, win, rows, model.cfg.window, ended, model.bos, schema.window_start_s)
         for k, v in model.nll(batch).items():
             sums[k] += float(v)
     return per_event(sums)
@@ -177,13 +180,14 @@ def train(
     model_cfg = model_config_for(schema, **(model_overrides or {}))
     model = EventTransformer(model_cfg)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    win = make_windows(train_log, model_cfg.window)
+    win = make_windows(train_log, model_cfg.window, config.chunk, model_cfg.n_layers)
+    budget = config.batch_size * (model_cfg.window + 1)  # tokens per step
     ended = user_ended(train_log, schema.terminal_codes)
     privacy = None
     if config.dp_epsilon is not None:
         privacy = dp.PrivacyPlan.make(config.dp_epsilon, config.dp_delta, config.dp_max_grad_norm,
                                       train_log.n_users, config.dp_users_per_step, config.epochs)
-    steps_per_epoch = privacy.steps_per_epoch if privacy else math.ceil(len(win.user) / config.batch_size)
+    steps_per_epoch = privacy.steps_per_epoch if privacy else len(batches(win, model_cfg.window, budget, None))
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, min(100, total_steps // 10))  # DP runs take few, large steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
@@ -233,9 +237,8 @@ def train(
         emit("epoch_start", {"epoch": epoch, "batches": steps_per_epoch})
         seen.update(dict.fromkeys(seen, 0.0))
         if privacy is None:
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(win.user))
-            for i in range(0, len(order), config.batch_size):
-                loss = loss_of(order[i:i + config.batch_size])
+            for rows in batches(win, model_cfg.window, budget, np.random.default_rng([config.seed, epoch])):
+                loss = loss_of(rows)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -246,7 +249,7 @@ def train(
             dp.run_epoch(model, optimiser, schedule, privacy, train_log.n_users,
                          lambda u: loss_of(np.arange(user_rows[u], user_rows[u + 1])), config.seed, epoch,
                          lambda drawn: emit("batch", {"users": drawn}))
-        validation = evaluate(model, splits["validation"], schema)
+        validation = evaluate(model, splits["validation"], schema, chunk=config.chunk)
         record = {"epoch": epoch, "train": per_event(seen), "validation": validation,
                   "seconds": round(time.perf_counter() - started, 1)}
         history.append(record)
@@ -265,9 +268,10 @@ def train(
         emit("epoch_end", record)
     model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
     metrics = {
-        "holdout_nll_per_event": {"transformer": evaluate(model, splits["holdout"], schema),
+        "holdout_nll_per_event": {"transformer": evaluate(model, splits["holdout"], schema, chunk=config.chunk),
                                   "baseline": per_event(baseline.nll(splits["holdout"], schema))},
-        "validation_nll_per_event": {"transformer": evaluate(model, splits["validation"], schema),
+        "validation_nll_per_event": {"transformer": evaluate(model, splits["validation"], schema,
+                                                             chunk=config.chunk),
                                      "baseline": per_event(baseline.nll(splits["validation"], schema))},
         "users": {name: splits[name].n_users for name in SPLITS} | {"train_used": train_log.n_users},
         "events": {name: int(len(splits[name].event_type)) for name in SPLITS},

@@ -67,7 +67,7 @@ class Attention(nn.Module):
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_model // cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
+        self.dropout, self.window = cfg.dropout, cfg.window
         self.register_buffer("slopes", torch.tensor(cfg.slopes()).view(1, -1, 1, 1), persistent=False)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -76,13 +76,37 @@ class Attention(nn.Module):
         return tuple(z.view(b, t, self.n_heads, self.d_head).transpose(1, 2) for z in (q, k, v))
 
     def forward(self, x: torch.Tensor, time_days: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Token 0 is BOS; each token attends to BOS and the ``W`` latest tokens up to itself, as the ring
+        cache of :meth:`step` does. Up to ``W`` events that is all of them (plain causal attention); longer
+        inputs (a multiple of ``W`` events) go through :meth:`_banded`."""
         b, t, d = x.shape
         q, k, v = self._split(x)
+        if t - 1 > self.window:
+            return self.proj(self._banded(q, k, v, time_days, valid).transpose(1, 2).reshape(b, t, d))
         delta = (time_days[:, :, None] - time_days[:, None, :]).clamp(min=0).unsqueeze(1)
         allowed = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None, None] & valid[:, None, None, :]
         bias = (-self.slopes * delta).masked_fill(~allowed, float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+    def _banded(self, q, k, v, time_days, valid) -> torch.Tensor:
+        """Attention over blocks of ``W`` events: each block's queries read BOS, the previous block and their
+        own, keys at most ``W - 1`` tokens back; BOS reads only itself. (B, H, T, dh)."""
+        b, h, t, dh = q.shape
+        w = self.window
+        qb, _ = _blocks(q, w)
+        _, kb = _blocks(k, w)
+        _, vb = _blocks(v, w)
+        tq, tk = _blocks(time_days[:, None, :, None], w)
+        _, ok = _blocks(valid[:, None, :, None], w)  # the previous block of block 0 is zeros: not valid
+        back = (w + torch.arange(w))[:, None] - torch.cat([torch.zeros(1), torch.arange(2 * w)])[None, :]
+        near = (back >= 0) & (back <= w - 1)
+        near[:, 0] = True  # BOS
+        allowed = near & ok.transpose(-1, -2)  # (B, 1, nb, W, 1 + 2W)
+        delta = (tq - tk.transpose(-1, -2)).clamp(min=0)
+        bias = (-self.slopes[..., None] * delta).masked_fill(~allowed, float("-inf"))
+        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias, dropout_p=self.dropout if self.training else 0)
+        return torch.cat([v[:, :, :1], y.reshape(b, h, t - 1, dh)], dim=2)
 
     def step(self, x: torch.Tensor, key_bias: torch.Tensor, cache: KVCache, layer: int,
              rows: torch.Tensor | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,6 +127,15 @@ class Attention(nn.Module):
         scores = torch.matmul(q, keys.transpose(-1, -2)) * self.d_head**-0.5 + key_bias
         y = torch.matmul(torch.softmax(scores, dim=-1), values)
         return self.proj(y.reshape(b, d))
+
+
+def _blocks(z: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, 1 + nb W, e) -> each block of ``w`` tokens after BOS (B, H, nb, w, e) and the keys it reads
+    (B, H, nb, 1 + 2w, e): BOS, the previous block (zeros before the first) and itself."""
+    b, h, t, e = z.shape
+    body = z[:, :, 1:].reshape(b, h, (t - 1) // w, w, e)
+    before = torch.cat([torch.zeros_like(body[:, :, :1]), body[:, :, :-1]], dim=2)
+    return body, torch.cat([z[:, :, :1, None].expand(b, h, body.shape[2], 1, e), before, body], dim=3)
 
 
 class Block(nn.Module):

@@ -1,11 +1,21 @@
 """Training windows over encoded sequences, and their collation into tensors.
 
-A user's events are cut into windows of ``W`` events that start every ``W / 2`` events. Token 0 of every
-window is a BOS token carrying the user's static attributes; token ``p`` predicts event ``s + p``. Window
-0 is responsible for events ``0 .. W`` and window ``k >= 1`` for events ``(k + 1) W/2 + 1 .. (k + 2) W/2``,
-so each event is predicted exactly once, always with at least ``W / 2`` events of context (or all there
-are). After a user's last event comes either a terminal event (nothing more) or *censoring* at the
-window end, a target of its own that enters the likelihood as a survival term.
+A user's events are cut into *chunks* of at most ``L`` events that start every ``L - C`` events, so that
+consecutive chunks share a prefix of ``C`` events. Token 0 of every chunk is a BOS token carrying the
+user's static attributes; token ``p`` predicts event ``s + p``. Chunk 0 is responsible for events
+``0 .. L`` and chunk ``k >= 1`` for events ``s + C + 1 .. s + L``, so each event is predicted exactly once.
+After a user's last event comes either a terminal event (nothing more) or *censoring* at the window end, a
+target of its own that enters the likelihood as a survival term.
+
+Two layouts:
+
+* ``chunk = W`` (the model's window, the default): windows of ``W`` events every ``W / 2``, full causal
+  attention inside each window, so every event is predicted with at least ``W / 2`` events of context;
+* ``chunk > W`` (a multiple of ``W``): long chunks with *banded* attention (each token sees BOS and the
+  ``W`` latest events, ``transformer.Attention``), the exact computation sampling does with its ring
+  cache. The shared prefix ``C = layers x W`` covers what the first target's hidden state reads through
+  the layers, so each target is computed exactly as at inference, and each event's hidden state about
+  ``L / (L - C)`` times instead of twice.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import torch
 
 from twinsim.models import kernels, time_head
 from twinsim.models.encoding import NEVER, RECENT_DAYS, EncodedLog
+from twinsim.models.errors import TwinsimError
 
 NONE, EVENT, CENSOR = 0, 1, 2
 
@@ -26,17 +37,55 @@ class Windows:
     user: np.ndarray  # (windows,) user index into the encoded log
     start: np.ndarray  # (windows,) first event of the window, relative to the user
     first_target: np.ndarray  # (windows,) first relative event index this window is responsible for
+    tokens: np.ndarray  # (windows,) tokens of the window: BOS and its events
+    width: int  # event tokens a window holds at most (L)
 
 
-def make_windows(log: EncodedLog, window: int) -> Windows:
-    half = window // 2
+def make_windows(log: EncodedLog, window: int, chunk: int | None = None, layers: int = 2) -> Windows:
+    """The chunks of every user of ``log`` (module docstring); ``chunk`` None means ``window``."""
+    chunk = chunk or window
+    if chunk != window and (chunk % window or chunk < 2 * window * layers):
+        raise TwinsimError(f"--chunk must be the window ({window}) or a multiple of it of at least "
+                           f"{2 * window * layers} (2 x layers x window; got {chunk}); e.g. --chunk {8 * window}")
+    context = window // 2 if chunk == window else layers * window
+    stride = chunk - context
     n = log.lengths
-    count = np.maximum(1, -(-n // half) - 1)  # windows k = 0 .. max(0, ceil(n / H) - 2)
+    count = np.where(n <= chunk, 1, -(-(n - chunk) // stride) + 1)
     user = np.repeat(np.arange(log.n_users), count)
     k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    start = k * half
-    first_target = np.where(k == 0, 0, start + half + 1)
-    return Windows(user=user, start=start, first_target=first_target)
+    start = k * stride
+    first_target = np.where(k == 0, 0, start + context + 1)
+    tokens = 1 + np.minimum(chunk, n[user] - start)
+    return Windows(user=user, start=start, first_target=first_target, tokens=tokens, width=chunk)
+
+
+def batches(win: Windows, window: int, budget: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """One epoch's steps: windows in random order (in order if ``rng`` is None), cut so that each step holds
+    at most ``budget`` tokens (at least one window). Long chunks are sorted by length first (random among
+    equals) and the steps then shuffled, so that a step pads little; the number of steps is the same every
+    epoch."""
+    order = np.arange(len(win.user)) if rng is None else rng.permutation(len(win.user))
+    padded = padded_tokens(win.tokens, window, win.width)
+    if win.width > window:
+        order = order[np.argsort(padded[order], kind="stable")]
+    cuts, total = [0], 0
+    for i, size in enumerate(padded[order]):
+        if total + size > budget and i > cuts[-1]:
+            cuts.append(i)
+            total = 0
+        total += size
+    cuts.append(len(order))
+    out = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    if win.width > window and rng is not None:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
+
+
+def padded_tokens(tokens: np.ndarray, window: int, width: int) -> np.ndarray:
+    """Tokens a window takes in a batch: short layouts pad to the full window, chunks to a multiple of it."""
+    if width == window:
+        return np.full_like(tokens, window + 1)
+    return 1 + -(-(tokens - 1) // window) * window
 
 
 def user_ended(log: EncodedLog, terminal_codes: list[int]) -> np.ndarray:
@@ -46,8 +95,10 @@ def user_ended(log: EncodedLog, terminal_codes: list[int]) -> np.ndarray:
 
 def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended: np.ndarray,
             bos_type: int, bos_time_s: float) -> dict[str, torch.Tensor]:
-    """Tensors for windows ``rows``: tokens (B, W + 1) and the targets each token predicts."""
+    """Tensors for windows ``rows``: tokens (B, 1 + width) and the targets each token predicts; ``width``
+    is the model's window ``W`` or, for chunks, the longest of ``rows`` rounded up to a multiple of ``W``."""
     users = win.user[rows]
+    window = int(padded_tokens(win.tokens[rows], window, win.width).max()) - 1
     start, first_target = win.start[rows], win.first_target[rows]
     n = log.lengths[users]
     base = log.offsets[users]

@@ -188,6 +188,41 @@ def test_cached_step_by_step_pass_equals_the_training_forward_pass(model_dir, sm
     assert torch.allclose(torch.stack(steps), expected, atol=1e-4)
 
 
+def test_banded_training_pass_over_long_chunks_equals_the_cached_step_by_step_pass(small_log):
+    """Chunks longer than the window (banded attention, two layers) compute each target's hidden state as
+    sampling does, its ring cache wrapping many times; the chunks' shared prefix covers what reaches it."""
+    from twinsim.models.training import model_config_for
+    from twinsim.models.transformer import EventTransformer, KVCache
+
+    schema = fit_schema(small_log)
+    log = encode(small_log, schema)
+    torch.manual_seed(0)
+    model = EventTransformer(model_config_for(schema, d_model=32, n_layers=2, n_heads=4, window=8, mixture=2)).eval()
+    ended = user_ended(log, schema.terminal_codes)
+    user = int(np.argmax(log.lengths))
+    n = int(log.lengths[user])
+    whole = make_windows(log, 8, chunk=8 * -(-n // 8), layers=2)  # one chunk per user: all of this one
+    one = collate(log, whole, np.flatnonzero(whole.user == user), 8, ended, model.bos, schema.window_start_s)
+    win = make_windows(log, 8, chunk=64, layers=2)
+    rows = np.flatnonzero(win.user == user)
+    chunks = collate(log, win, rows, 8, ended, model.bos, schema.window_start_s)
+    assert len(rows) >= 3 and n > 3 * 64
+    with torch.no_grad():
+        static = model.static(one["static_cat"], one["static_num"])
+        cache = KVCache.empty(model.cfg, 1)
+        cache.reset(torch.tensor([0]))
+        steps = torch.stack([model.step({k: one[k][:, p] for k in ("type", "marks", "calendar", "cont", "recency",
+                                                                       "memory", "time_days")}, static, cache)[0]
+                             for p in range(n + 1)])
+        assert torch.allclose(model.hidden(one)[0, :n + 1], steps, atol=1e-4)
+        hidden = model.hidden(chunks)
+    scored = chunks["target_kind"].numpy() != 0
+    assert scored.sum() == n + (not ended[user])  # every event once, and the censoring if open
+    for r, start in enumerate(win.start[rows]):
+        p = np.flatnonzero(scored[r])
+        assert torch.allclose(hidden[r, p], steps[start + p], atol=1e-4)
+
+
 def test_overwrite_never_leaves_an_old_model_json_beside_a_new_unfinished_run(small_log, tmp_path):
     config = TrainConfig(epochs=2, batch_size=64, seed=2, max_train_users=40)
     train(small_log, tmp_path / "m", model_overrides=TINY, config=config)
