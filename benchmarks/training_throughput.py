@@ -24,7 +24,7 @@ import torch
 from twinsim.models.encoding import encode, fit_schema
 from twinsim.models.event_log import load_event_log
 from twinsim.models.profile import fit_profile
-from twinsim.models.training import TrainConfig, model_config_for, split_log
+from twinsim.models.training import TrainConfig, mean_loss, model_config_for, split_log
 from twinsim.models.transformer import EventTransformer
 from twinsim.models.windows import NONE, batches, collate, make_windows, user_ended
 
@@ -62,8 +62,7 @@ def main() -> None:
             started = time.process_time()
             for rows in picks:
                 batch = collate(train_log, lay["win"], rows, cfg.window, ended, model.bos, schema.window_start_s)
-                parts = model.nll(batch)
-                loss = sum(parts[k] for k in ("time", "type", "marks", "amount")) / parts["events"].clamp(min=1)
+                loss = mean_loss(model.nll(batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

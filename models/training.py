@@ -78,6 +78,11 @@ def per_event(parts: dict[str, float]) -> dict[str, float]:
     return {"total": sum(out.values()), **out}
 
 
+def mean_loss(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss: mean NLL per event of a batch's summed parts (``EventTransformer.nll``)."""
+    return sum(parts[k] for k in PARTS) / parts["events"].clamp(min=1)
+
+
 @torch.no_grad()
 def evaluate(model: EventTransformer, log: EncodedLog, schema: Schema, batch_size: int = 256,
              chunk: int | None = None) -> dict[str, float]:
@@ -227,7 +232,7 @@ def train(
         parts = model.nll(collate(train_log, win, rows, model_cfg.window, ended, model.bos, schema.window_start_s))
         for k in seen:
             seen[k] += float(parts[k].detach())
-        return sum(parts[k] for k in PARTS) / parts["events"].clamp(min=1)
+        return mean_loss(parts)
 
     for epoch in range(start_epoch, config.epochs):
         if stale >= config.patience:

@@ -98,11 +98,11 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     """Tensors for windows ``rows``: tokens (B, 1 + width) and the targets each token predicts; ``width``
     is the model's window ``W`` or, for chunks, the longest of ``rows`` rounded up to a multiple of ``W``."""
     users = win.user[rows]
-    window = int(padded_tokens(win.tokens[rows], window, win.width).max()) - 1
+    width = int(padded_tokens(win.tokens[rows], window, win.width).max()) - 1
     start, first_target = win.start[rows], win.first_target[rows]
     n = log.lengths[users]
     base = log.offsets[users]
-    rel = start[:, None] + np.arange(window)[None, :]  # relative event index of tokens 1..W
+    rel = start[:, None] + np.arange(width)[None, :]  # relative event index of tokens 1..width
     has_token = rel < n[:, None]
     event = np.where(has_token, base[:, None] + rel, 0)
 
@@ -117,8 +117,8 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
     tok_last = tokens(log.last_days, NEVER)
     tok_recent = tokens(log.recent, 0.0)
 
-    # Targets: token p predicts relative event j = start + p (p = 0 .. W).
-    j = start[:, None] + np.arange(window + 1)[None, :]
+    # Targets: token p predicts relative event j = start + p (p = 0 .. width).
+    j = start[:, None] + np.arange(width + 1)[None, :]
     responsible = j >= first_target[:, None]
     is_event = responsible & (j < n[:, None])
     is_censor = responsible & (j == n[:, None]) & ~ended[users][:, None]
