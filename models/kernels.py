@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba as nb
@@ -139,8 +140,27 @@ def sample_lognormal_mixture(weights, log_means, log_scales, u_component, u_valu
     return np.exp(sample_normal_mixture(weights, log_means, log_scales, u_component, u_value))
 
 
-@nb.njit(cache=True, parallel=True)
+@functools.cache
+def start_parallel_pool() -> None:
+    """Start Numba's thread pool (once), keeping torch's thread count. Numba's OpenMP layer sets the
+    process's OpenMP thread count, which torch reads as its own, to NUMBA_NUM_THREADS when the pool starts:
+    left to the first parallel kernel, that silently put torch back on every core in a process that had
+    set it to one thread (``rowwise.one_thread``, ``torch.set_num_threads``, OMP_NUM_THREADS=1)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    nb.get_num_threads()  # starts the pool
+    torch.set_num_threads(threads)
+
+
 def recency_features(now_days, last_days, recent, decay, linear_cap, anchors):
+    """:func:`_recency_features` on Numba's pool, started without changing torch's threads."""
+    start_parallel_pool()
+    return _recency_features(now_days, last_days, recent, decay, linear_cap, anchors)
+
+
+@nb.njit(cache=True, parallel=True)
+def _recency_features(now_days, last_days, recent, decay, linear_cap, anchors):
     """(n, (3 + a)k) float32 for every row's k recency columns: log(1 + days since), min(days since, cap) / 7,
     log(1 + the decayed count ``recent`` times ``decay``), then log(1 + days since) spread over ``a`` hat
     functions centred on ``anchors`` (log(1 + anchor days), increasing): at most two neighbouring hats are
