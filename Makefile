@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
+VALIDATE_FAILED = twinsim validate: a gate failed, see $(DEMO_DIR)/report/report.html (the demo goes on: a failed gate is a finding, not an error)
 
 .PHONY: demo test setup lint bench clean
 
@@ -22,8 +23,7 @@ demo: setup
 	$(BIN)/twinsim generate $(DEMO_DIR)/model -n 2000 --start 2025-01-01 --days 365 --seed 1 -o $(DEMO_DIR)/synthetic --overwrite
 	$(BIN)/twinsim inspect $(DEMO_DIR)/synthetic
 	$(BIN)/twinsim validate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/world --synthetic $(DEMO_DIR)/synthetic \
-		-o $(DEMO_DIR)/report --overwrite; rc=$$?; [ $$rc -ne 1 ] || echo "twinsim validate: a gate failed, see \
-		$(DEMO_DIR)/report/report.html (the demo goes on: a failed gate is a finding, not an error)"; [ $$rc -le 1 ]
+		-o $(DEMO_DIR)/report --overwrite; rc=$$?; [ $$rc -ne 1 ] || echo "$(VALIDATE_FAILED)"; [ $$rc -le 1 ]
 	$(BIN)/twinsim whatif $(DEMO_DIR)/model --scenario travel_card_push --users 10000 --start 2025-06-01 --days 30 --seed 1 -o $(DEMO_DIR)/whatif --overwrite
 
 test: setup
