@@ -37,4 +37,4 @@ def test_a_parallel_kernel_keeps_torch_on_the_threads_it_was_set_to():
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="Numba's pool has one thread on one core")
 def test_a_parallel_kernel_keeps_omp_num_threads():
     assert threads_after(RUN_KERNEL, OMP_NUM_THREADS="1") == 1
-    assert threads_after(RUN_KERNEL) == 2  # and the default stays the default
+    assert threads_after(RUN_KERNEL) == threads_after("import torch")  # and torch's default stays its default
