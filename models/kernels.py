@@ -305,47 +305,6 @@ def _logaddexp(a, b):
     return m + math.log(math.exp(a - m) + math.exp(b - m))
 
 
-_FAST = {"nsz", "arcp", "contract", "reassoc"}  # float reassociation (vectorised sums), never inf/nan shortcuts
-
-
-@nb.njit(cache=True, fastmath=_FAST)
-def _grid_sum(grid, i, t, lo):
-    """Row ``i``'s unnormalised grid mass of type ``t`` over the bins from ``lo`` on."""
-    days = grid.shape[1]
-    s = 0.0
-    if lo >= days * 24:
-        return s
-    d0, h0 = lo // 24, lo % 24
-    for j in range(h0, 24):
-        s += grid[i, d0, t * 24 + j]
-    for d in range(d0 + 1, days):
-        for j in range(24):
-            s += grid[i, d, t * 24 + j]
-    return s
-
-
-@nb.njit(cache=True)
-def _grid_pick(grid, i, t, lo, target):
-    """The first bin from ``lo`` on where row ``i``'s cumulative grid mass of type ``t`` passes ``target``."""
-    days = grid.shape[1]
-    acc = 0.0
-    for d in range(lo // 24, days):
-        for j in range(lo % 24 if d == lo // 24 else 0, 24):
-            acc += grid[i, d, t * 24 + j]
-            if target < acc:
-                return d * 24 + j
-    return days * 24 - 1
-
-
-@nb.njit(cache=True)
-def _grid_range(grid, i, t, lo, hi):
-    """Row ``i``'s unnormalised grid mass of type ``t`` over bins ``lo`` to ``hi - 1`` (a short walk)."""
-    s = 0.0
-    for b in range(lo, hi):
-        s += grid[i, b // 24, t * 24 + b % 24]
-    return s
-
-
 @nb.njit(cache=True)
 def _mixture_log_terms(log_w, mu, log_scale, log_gap):
     """(log density, log survival) at ``log_gap`` of a Gaussian mixture, in the log domain (the slow way,
@@ -366,59 +325,115 @@ def _mixture_log_terms(log_w, mu, log_scale, log_gap):
 
 
 @nb.njit(cache=True)
-def sample_competing_times(log_gate, mixture, grid, grid_all, x, u, min_gap_h, never_h):
-    """The time head's draw for every row, fused (``TimeHead.sample`` without silence): (gaps in hours,
-    every type's log hazard at the gap, (rows, types)).
+def _mixture_draw(mixture, i, t, u_component, u_value):
+    """Row ``i``'s draw of type ``t``'s log-normal mixture (hours): a component, then a value by inverse CDF."""
+    m = mixture.shape[3]
+    acc, c = 0.0, m - 1
+    for j in range(m):
+        acc += mixture[i, t, 0, j]
+        if u_component < acc:
+            c = j
+            break
+    return math.exp(mixture[i, t, 1, c] + mixture[i, t, 3, c] * _normal_ppf(u_value))
+
+
+@nb.njit(cache=True)
+def draw_grid_days(log_gate, mixture, day_p, x, u, min_gap_h, never_h):
+    """The first half of the time head's fused draw (``TimeHead.sample`` without silence): each type's part,
+    its log-normal mixture time or its grid day, and from those the grid day the gap falls on, whose hour
+    probabilities the second half (:func:`finish_competing_times`) needs.
 
     Per row and type: ``log_gate`` (rows, types, 3) log weights of the parts (log-normal mixture, grid,
     never); ``mixture`` (rows, types, 4, K) the mixture's weights, means, log scales and scales of log(gap
-    in hours); ``grid`` (rows, days, types x 24) the grid's *unnormalised* probabilities, exp(logit), of
-    each clock hour of each grid day, and ``grid_all`` (rows, types) their sum over all bins; ``x`` (rows,)
-    the current clock hour (hours since the grid's UTC midnight: bins up to its hour are impossible); ``u``
-    (rows, types, 3) uniforms (part, then two within it). Each type's latent time is drawn by inverse CDF,
-    the gap is the earliest (``never_h`` if all say never, at least ``min_gap_h``), and each type's log
-    density of log gap and log survival at the gap give its hazard, in float64 (mixture sums in the linear
-    domain, redone in the log domain where they underflow). A part whose weight is below 2^-60 of "never"
-    cannot change a survival in float64 and is skipped there."""
-    n, k = log_gate.shape[0], log_gate.shape[1]
+    in hours); ``day_p`` (rows, types, days) the grid's day probabilities; ``x`` (rows,) the current clock
+    hour (hours since the grid's UTC midnight); ``u`` (rows, types, 3) uniforms (part, then two within it).
+
+    Returns (the earliest mixture time (rows,), ``never_h`` if none; the gap's grid day (rows,), -1 past the
+    horizon; each type's grid day (rows, types), -1 where it did not draw the grid; the uniform that picks
+    its hour within that day (rows, types)). The grid's inverse CDF over all its bins, day-major, is the
+    day's then the hour's: the day takes the first uniform, and what is left of it, rescaled, the hour."""
+    n, k, days = day_p.shape[0], day_p.shape[1], day_p.shape[2]
+    earliest = np.full(n, never_h)
+    gap_day = np.full(n, -1, dtype=np.int64)
+    grid_day = np.full((n, k), -1, dtype=np.int64)
+    u_hour = np.zeros((n, k))
+    for i in range(n):
+        first_day = days
+        for t in range(k):
+            g0 = math.exp(log_gate[i, t, 0])
+            u0 = u[i, t, 0]
+            if u0 < g0:
+                earliest[i] = min(earliest[i], _mixture_draw(mixture, i, t, u[i, t, 1], u[i, t, 2]))
+            elif u0 < g0 + math.exp(log_gate[i, t, 1]):
+                total = 0.0
+                for j in range(days):
+                    total += day_p[i, t, j]
+                target, acc, d = u[i, t, 1] * total, 0.0, -1
+                for j in range(days):
+                    if day_p[i, t, j] > 0.0:
+                        d = j
+                        if target < acc + day_p[i, t, j]:
+                            break
+                        acc += day_p[i, t, j]
+                if d >= 0:
+                    grid_day[i, t] = d
+                    u_hour[i, t] = min(max((target - acc) / day_p[i, t, d], 0.0), 1.0 - 1e-12)
+                    first_day = min(first_day, d)
+        if first_day < days and max(first_day * 24.0, math.floor(x[i]) + 1.0) - x[i] < earliest[i]:
+            gap_day[i] = first_day  # a grid time of that day may come first: the gap falls on it
+        else:
+            y = x[i] + min(max(earliest[i], min_gap_h), never_h)
+            gap_day[i] = int(math.floor(y)) // 24 if y < days * 24.0 else -1
+    return earliest, gap_day, grid_day, u_hour
+
+
+@nb.njit(cache=True)
+def finish_competing_times(log_gate, mixture, day_p, hours, x, u, earliest, gap_day, grid_day, u_hour, min_gap_h,
+                           never_h):
+    """The second half of the time head's fused draw: (gaps in hours, every type's log hazard at the gap,
+    (rows, types)). ``hours`` (rows, types x 24) are the *unnormalised* hour probabilities, exp(logit), of
+    each row's ``gap_day`` (from :func:`draw_grid_days`, with its other outputs); on grid day 0 the hours
+    up to the current one are impossible and skipped. The types whose grid day is the gap's draw their hour
+    there, then a time uniform within what is left of it; the gap is the earliest of all the types' times
+    (``never_h`` if all say never, at least ``min_gap_h``). Each type's log density of log gap and log
+    survival at the gap give its hazard, in float64 (mixture sums in the linear domain, redone in the log
+    domain where they underflow). A part whose weight is below 2^-60 of "never" cannot change a survival in
+    float64 and is skipped there."""
+    n, k, days = day_p.shape[0], day_p.shape[1], day_p.shape[2]
     m = mixture.shape[3]
-    bins = grid.shape[1] * 24
     gaps = np.empty(n)
     log_hazard = np.empty((n, k))
-    total = np.empty(k)  # each type's grid mass over the bins still possible
+    hour_total = np.empty(k)  # each type's hour mass on the gap's day, over the hours still possible
     log_w = np.empty(m)
     negligible = 60.0 * math.log(2.0)
     for i in range(n):
-        first = int(math.floor(x[i])) + 1  # the first possible bin: the next clock hour
-        earliest = never_h
-        for t in range(k):
-            gone = _grid_range(grid, i, t, 0, first)  # the hours of today up to now
-            total[t] = grid_all[i, t] - gone
-            if total[t] < 0.1 * grid_all[i, t]:  # most of the mass was before now: sum what is left, no cancellation
-                total[t] = _grid_sum(grid, i, t, first)
-            g0 = math.exp(log_gate[i, t, 0])
-            u0 = u[i, t, 0]
-            if u0 < g0:  # the log-normal mixture: a component, then a value by inverse CDF
-                acc, c = 0.0, m - 1
-                for j in range(m):
-                    acc += mixture[i, t, 0, j]
-                    if u[i, t, 1] < acc:
-                        c = j
-                        break
-                latent = math.exp(mixture[i, t, 1, c] + mixture[i, t, 3, c] * _normal_ppf(u[i, t, 2]))
-            elif u0 < g0 + math.exp(log_gate[i, t, 1]):  # the grid: a clock hour, then uniform in what is left
-                b_ = _grid_pick(grid, i, t, first, u[i, t, 1] * total[t])
-                start = max(float(b_), x[i])
-                latent = start + u[i, t, 2] * (b_ + 1.0 - start) - x[i]
-            else:
-                latent = never_h
-            earliest = min(earliest, latent)
-        gap = min(max(earliest, min_gap_h), never_h)
+        d = gap_day[i]
+        lo = int(math.floor(x[i])) + 1 if d == 0 else 0  # the first possible hour of the gap's day
+        soonest = earliest[i]
+        if d >= 0:
+            for t in range(k):
+                s = 0.0
+                for j in range(lo, 24):
+                    s += hours[i, t * 24 + j]
+                hour_total[t] = s
+                if grid_day[i, t] == d and s > 0.0:  # this type's grid time is on the gap's day: its hour
+                    target, acc, hr = u_hour[i, t] * s, 0.0, 23
+                    for j in range(lo, 24):
+                        acc += hours[i, t * 24 + j]
+                        if target < acc:
+                            hr = j
+                            break
+                    start = max(d * 24.0 + hr, x[i])
+                    soonest = min(soonest, start + u[i, t, 2] * (d * 24.0 + hr + 1.0 - start) - x[i])
+        gap = min(max(soonest, min_gap_h), never_h)
         gaps[i] = gap
         log_gap = math.log(gap)
         y = x[i] + gap
         b_ = int(math.floor(y))
-        inside = b_ < bins
+        inside = b_ < days * 24
+        if inside and b_ // 24 != d:
+            raise ValueError("finish_competing_times: the gap left the day whose hours were scored")
+        hr = b_ % 24
         log_width, frac = 0.0, 0.0
         if inside:
             start = max(float(b_), x[i])
@@ -447,19 +462,28 @@ def sample_competing_times(log_gate, mixture, grid, grid_all, x, u, min_gap_h, n
                 for j in range(m):
                     log_w[j] = math.log(mixture[i, t, 0, j]) if mixture[i, t, 0, j] > 0.0 else -np.inf
                 mix_pdf, mix_surv = _mixture_log_terms(log_w, mixture[i, t, 1], mixture[i, t, 2], log_gap)
-            # the grid's: the gap's bin's probability spread over its width, and the mass after the gap
+            # the grid's: the gap's bin's probability (its day's times its hour's) spread over its width, and
+            # the mass after the gap (the later days', and the later hours' of its day)
             grid_pdf, grid_surv = -np.inf, -np.inf
-            if inside and total[t] > 0.0:
-                p_b = grid[i, b_ // 24, t * 24 + b_ % 24] / total[t] if b_ >= first else 0.0
-                if p_b > 0.0:
-                    grid_pdf = math.log(p_b) - log_width + log_gap
-                if lg1 > lg2 - negligible:
-                    before = _grid_range(grid, i, t, first, b_ + 1) if b_ - first < 48 else total[t]
-                    if before < 0.5 * total[t]:  # a short walk, and no cancellation in what is left
-                        later = (total[t] - before) / total[t]
-                    else:
-                        later = _grid_sum(grid, i, t, max(b_ + 1, first)) / total[t]
-                    grid_surv = math.log(max(later + p_b * (1.0 - frac), 1e-30))
+            if inside:
+                day_total = 0.0
+                for j in range(days):
+                    day_total += day_p[i, t, j]
+                p_day = day_p[i, t, d] / day_total if day_total > 0.0 else 0.0
+                p_hour = hours[i, t * 24 + hr] / hour_total[t] if hr >= lo and hour_total[t] > 0.0 else 0.0
+                if p_day * p_hour > 0.0:
+                    grid_pdf = math.log(p_day * p_hour) - log_width + log_gap
+                if lg1 > lg2 - negligible and day_total > 0.0:
+                    later_days = 0.0
+                    for j in range(d + 1, days):
+                        later_days += day_p[i, t, j]
+                    later_hours = 0.0
+                    if hour_total[t] > 0.0:
+                        for j in range(max(hr + 1, lo), 24):
+                            later_hours += hours[i, t * 24 + j]
+                        later_hours /= hour_total[t]
+                    later = later_days / day_total + p_day * (later_hours + p_hour * (1.0 - frac))
+                    grid_surv = math.log(max(later, 1e-30))
             log_pdf = _logaddexp(lg0 + mix_pdf, lg1 + grid_pdf)
             log_surv = _logaddexp(_logaddexp(lg0 + mix_surv, lg1 + grid_surv), lg2)
             log_hazard[i, t] = log_pdf - log_surv

@@ -27,7 +27,8 @@ from twinsim.models.errors import TwinsimError
 from twinsim.models.transformer import EventTransformer, ModelConfig
 
 # 8: the schema records the time resolution of the training log (day for a log of dates), which generation keeps
-FORMAT, FORMAT_VERSION = "twinsim-model", 8
+# 9: the time head's grid is a day, then an hour within it (days, hours)
+FORMAT, FORMAT_VERSION = "twinsim-model", 9
 
 
 def library_versions() -> dict[str, str]:

@@ -5,11 +5,11 @@ Customer events keep clock and calendar rhythms: logins cluster at certain hours
 post at night on paydays. A mixture of log-normals sees those rhythms only through the gap's length, so
 it blurs them. Here part of each type's mass sits on an explicit grid of the clock hours of the next
 ``HORIZON_DAYS`` UTC days (from midnight of the current day, the hours up to the current one's end left
-out): each day's 24 hourly logits per type come
-from the hidden state *and* that day's calendar (weekday, day of month, days to month end, days ahead)
-through one hidden layer, so "tonight at 3 am, because tomorrow is payday" is easy to express. Within an
-hour the time is uniform. The log-normal part keeps the seconds-apart events of a session and gaps beyond
-the horizon.
+out), as a day and then an hour within it: each day's features come from the hidden state *and* that
+day's calendar (weekday, day of month, days to month end, days ahead) through one hidden layer, and give
+per type the day's logit and its 24 hourly logits, so "tonight at 3 am, because tomorrow is payday" is
+easy to express. Within an hour the time is uniform. A gap's score and draw need one day's hours only.
+The log-normal part keeps the seconds-apart events of a session and gaps beyond the horizon.
 
 The next event comes at the earliest of the types' times (competing risks): its survival is the product
 of theirs, and the hazard of each type at that time is what the type head starts from. A type's time may
@@ -35,6 +35,7 @@ from twinsim.models.rowwise import rowwise
 
 HORIZON_DAYS = 8
 BINS = HORIZON_DAYS * 24
+DAY_TERMS = 4  # linear scores per type whose log-sum-exp is a grid day's logit
 DAY_CALENDAR_SIZES = (7, 32, 31)  # weekday, day of month, days to month end (columns 1, 2, 4 of calendar)
 LOG_SCALE_RANGE = (-7.0, 3.0)
 GRID_LOGIT_BOUND = 80.0  # exp(+-80) is a normal float32, and 192 bins of exp(80) sum below its maximum
@@ -91,7 +92,12 @@ class TimeHead(nn.Module):
     Hazards add: the survival of the next event is the product of every type's survival, so one type whose
     time is near certain (a salary due tonight) caps the gap for all the others, whatever they would do.
     A single blended distribution of "some event" would have to learn that cut-off itself, and any mass
-    it leaks past payday is a skipped salary (``docs/validation.md``)."""
+    it leaks past payday is a skipped salary (``docs/validation.md``).
+
+    The grid is a day, then an hour within it: each grid day's features (the hidden state and that day's
+    calendar and offset, through one tanh layer) give every type a logit for the day (``days``, see
+    :meth:`day_log_probs`) and 24 logits for its hours (``hours``). Scoring a gap, or drawing one, needs
+    the day probabilities of all eight days but the hours of one day only: the gap's."""
 
     def __init__(self, d: int, mixture: int, types: int = 1) -> None:
         super().__init__()
@@ -100,55 +106,94 @@ class TimeHead(nn.Module):
         self.mixture = nn.Linear(d, 3 * mixture * types)
         self.day = nn.Linear(d, d)
         self.day_emb = nn.ModuleList(nn.Embedding(n, d) for n in (*DAY_CALENDAR_SIZES, HORIZON_DAYS))
-        self.hours = nn.Linear(d, 24 * types)
+        self.days = nn.Linear(d, DAY_TERMS * types)  # a grid day's logit per type: see ``day_log_probs``
+        self.hours = nn.Linear(d, 24 * types)  # the logits of its hours, per type
         # epoch seconds -> calendar; loading a model puts the schema's in (Schema.calendar: days the training
         # window never held read as the nearest it did)
         self.calendar = kernels.calendar
 
-    def day_embeddings(self, day0: torch.Tensor) -> torch.Tensor:
-        """(..., HORIZON_DAYS, d): embeddings of each grid day's calendar and offset, for grids starting on
-        UTC days ``day0``. The calendar is computed once per distinct day in the batch."""
+    # -- the grid's two levels ------------------------------------------------------------------------------
+    def day_features(self, h_day: torch.Tensor, day0: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """(..., m, d) features of the grid days ``offsets`` (..., m) ahead of UTC day ``day0`` (...), given
+        ``h_day = self.day(h)``. The calendar is computed once per distinct day in the batch."""
         first = int(day0.min())
         span = int(day0.max()) - first + HORIZON_DAYS
         cal = torch.from_numpy(self.calendar((first + np.arange(span)) * 86400.0 + 43200.0)[:, [1, 2, 4]])
         table = sum(emb(cal[:, i]) for i, emb in enumerate(self.day_emb[:3]))
-        index = (day0 - first).unsqueeze(-1) + torch.arange(HORIZON_DAYS)
-        return F.embedding(index, table) + self.day_emb[3].weight  # (an indexing backward is not deterministic)
+        index = (day0 - first).unsqueeze(-1) + offsets
+        ahead = F.embedding(offsets, self.day_emb[3].weight)  # (an indexing backward is not deterministic)
+        return torch.tanh(h_day.unsqueeze(-2) + F.embedding(index, table) + ahead)
+
+    def day_log_probs(self, features: torch.Tensor, hour0: torch.Tensor) -> torch.Tensor:
+        """(..., types, HORIZON_DAYS) log P(the grid time falls on each grid day), from every day's
+        ``features`` (..., HORIZON_DAYS, d); today is impossible once its last hour has begun. A day's logit
+        is the log-sum-exp of DAY_TERMS linear scores of its features: in a single softmax over all 192 bins
+        a day's mass was the sum of its 24 hours' exponentials, a log-sum-exp of 24 linear scores, and one
+        linear score alone trained to a worse time NLL (1.516 against 1.500 a held-out event, session 24)."""
+        logits = torch.logsumexp(self.days(features).unflatten(-1, (self.types, DAY_TERMS)), -1).transpose(-1, -2)
+        gone = (torch.arange(HORIZON_DAYS) == 0) & (hour0 == 23).unsqueeze(-1)
+        return F.log_softmax(logits.masked_fill(gone.unsqueeze(-2), float("-inf")), dim=-1)
+
+    def hour_log_probs(self, features: torch.Tensor, today: torch.Tensor, hour0: torch.Tensor) -> torch.Tensor:
+        """(..., m, types, 24) log P(each clock hour | the day) of days with ``features`` (..., m, d). On
+        today (``today``, (..., m)) the hours up to the current one, ``hour0`` (...), are impossible: the
+        grid starts at the next clock hour (when none is left today's hours stay as they are, unused: the
+        day's probability is 0)."""
+        logits = self.hours(features).unflatten(-1, (self.types, 24))
+        gone = (today & (hour0 < 23).unsqueeze(-1)).unsqueeze(-1) & (torch.arange(24) <= hour0[..., None, None])
+        return F.log_softmax(logits.masked_fill(gone.unsqueeze(-2), float("-inf")), dim=-1)
 
     def grid_log_probs(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> torch.Tensor:
         """(..., types, BINS) log P(each type's time falls in each clock hour of the grid | grid part), for a
-        current time in clock hour ``hour0`` of UTC day ``day0``. The grid starts at the next clock hour: the
-        current one, and those before it, are impossible. A grid bin spreads its mass evenly over its hour,
-        so a bin for the current hour would put part of its mass minutes after the last event, whatever the
-        hour stands for; what comes within the current hour is the log-normal mixture's to say, which knows
-        how soon after an event the next one comes (``docs/validation.md``, session 12)."""
-        e = self.day(h).unsqueeze(-2) + self.day_embeddings(day0)
-        logits = self.hours(torch.tanh(e)).unflatten(-1, (self.types, 24)).transpose(-3, -2).flatten(-2)
-        past = torch.arange(BINS) <= hour0.unsqueeze(-1)
-        return F.log_softmax(logits.masked_fill(past.unsqueeze(-2), float("-inf")), dim=-1)
+        current time in clock hour ``hour0`` of UTC day ``day0``: every day's hours (the draws given a known
+        silence need them; a gap's score needs one day's, :meth:`grid_at`). The grid starts at the next
+        clock hour: the current one, and those before it, are impossible. A grid bin spreads its mass evenly
+        over its hour, so a bin for the current hour would put part of its mass minutes after the last event,
+        whatever the hour stands for; what comes within the current hour is the log-normal mixture's to say,
+        which knows how soon after an event the next one comes (``docs/validation.md``, session 12)."""
+        offsets = torch.arange(HORIZON_DAYS)
+        features = self.day_features(self.day(h), day0, offsets)
+        log_hour = self.hour_log_probs(features, (offsets == 0).expand(*hour0.shape, -1), hour0)
+        return (self.day_log_probs(features, hour0).unsqueeze(-1) + log_hour.transpose(-3, -2)).flatten(-2)
 
-    def parts(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Everything the network says of the latent times, per type: the log gate weights (..., types, 3:
-        log-normal mixture, grid, never), the log-normal mixture parameters (..., types, 3K) and the grid's
-        log probabilities (..., types, BINS)."""
+    def grid_at(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor, bin_: torch.Tensor,
+                frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inside the grid?, log probability of the gap's bin, log survival of the grid part past the gap),
+        each (..., types), for a gap in ``bin_`` (:func:`grid_position`; -1 past the horizon), ``frac`` of
+        the way through it. Only the gap's day's hours are scored."""
+        h_day = self.day(h)
+        log_day = self.day_log_probs(self.day_features(h_day, day0, torch.arange(HORIZON_DAYS)), hour0)
+        b = bin_.clamp(min=0)
+        day, hour = b // 24, b % 24
+        features = self.day_features(h_day, day0, day.unsqueeze(-1))
+        log_hour = self.hour_log_probs(features, (day == 0).unsqueeze(-1), hour0).squeeze(-3)
+        log_pd = log_day.gather(-1, day[..., None, None].expand(*day.shape, self.types, 1)).squeeze(-1)
+        log_ph = log_hour.gather(-1, hour[..., None, None].expand(*hour.shape, self.types, 1)).squeeze(-1)
+        later_days = (log_day.exp() * (torch.arange(HORIZON_DAYS) > day.unsqueeze(-1)).unsqueeze(-2)).sum(-1)
+        later_hours = (log_hour.exp() * (torch.arange(24) > hour.unsqueeze(-1)).unsqueeze(-2)).sum(-1)
+        surv = later_days + log_pd.exp() * (later_hours + log_ph.exp() * (1 - frac).unsqueeze(-1))  # no cancellation
+        inside = (bin_ >= 0).unsqueeze(-1).expand_as(log_pd)
+        return inside, log_pd + log_ph, torch.where(inside, surv.clamp(min=1e-30).log(), float("-inf"))
+
+    # -- density and survival ---------------------------------------------------------------------------------
+    def gate_and_mixture(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log gate weights (..., types, 3: log-normal mixture, grid, never) and the log-normal mixture's
+        raw parameters (..., types, 3K)."""
         return (F.log_softmax(self.gate(h).unflatten(-1, (self.types, 3)), dim=-1),
-                self.mixture(h).unflatten(-1, (self.types, -1)), self.grid_log_probs(h, day0, hour0))
+                self.mixture(h).unflatten(-1, (self.types, -1)))
 
-    @staticmethod
-    def parts_log_prob(parts, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log density of log gap, log survival at gap), (..., types) each, of every type's latent time;
-        ``bin_``, ``log_width`` and ``frac`` come from :func:`grid_position`."""
-        log_gate, mixture, log_p = parts
+    def log_prob(self, h, day0, hour0, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log density of log gap, log survival at gap), (..., types) each, of every type's latent time, for
+        hidden states ``h`` in clock hour ``hour0`` of UTC day ``day0``; ``bin_``, ``log_width`` and ``frac``
+        come from :func:`grid_position`."""
+        log_gate, mixture = self.gate_and_mixture(h)
         mix_pdf, mix_surv = mixture_log_prob(mixture, log_gap.unsqueeze(-1))
-        inside, log_pb, grid_surv = _grid_survival(log_p, bin_, frac)
+        inside, log_pb, grid_surv = self.grid_at(h, day0, hour0, bin_, frac)
         grid_pdf = torch.where(inside, log_pb - (log_width - log_gap).unsqueeze(-1), float("-inf"))
         return (torch.logaddexp(log_gate[..., 0] + mix_pdf, log_gate[..., 1] + grid_pdf),
                 torch.logsumexp(log_gate + torch.stack([mix_surv, grid_surv, torch.zeros_like(mix_surv)], -1), -1))
 
-    def log_prob(self, h, day0, hour0, log_gap, bin_, log_width, frac) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`parts_log_prob` for hidden states ``h`` in clock hour ``hour0`` of UTC day ``day0``."""
-        return self.parts_log_prob(self.parts(h, day0, hour0), log_gap, bin_, log_width, frac)
-
+    # -- sampling ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float = 0.0,
                silent_h: np.ndarray | None = None, excluded: np.ndarray | None = None):
@@ -167,10 +212,11 @@ class TimeHead(nn.Module):
         event types, which only the environment imposes): their latent time is "never", so they take no part
         in the competition and the gap is the earliest of the other types' times.
 
-        Rows without silence are drawn by one fused Numba kernel over the raw network outputs
-        (``kernels.sample_competing_times``); silent rows, and every row where the grid's logits are not
-        bounded enough to exponentiate in float32, by the vectorised torch/numpy path (:meth:`_sample_parts`),
-        the same law. Each row's draw depends on that row alone."""
+        Rows without silence are drawn by two fused Numba kernels over the raw network outputs (days, then
+        the gap's day's hours: ``kernels.draw_grid_days``, ``kernels.finish_competing_times``); silent rows,
+        and every row where the grid's hour logits are not bounded enough to exponentiate in float32, by the
+        vectorised torch/numpy path (:meth:`_sample_parts`), the same law. Each row's draw depends on that
+        row alone."""
         n = len(time_s)
         u = u.reshape(n, self.types, 3)
         silent = np.zeros(n, dtype=bool) if silent_h is None else silent_h > 0
@@ -191,49 +237,82 @@ class TimeHead(nn.Module):
 
     def _sample_fused(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float,
                       excluded: np.ndarray | None = None):
-        """:meth:`sample` of rows without silence: the network's outputs, then one Numba kernel, in chunks of
-        rows (a grid is 8 days x 24 hours x types floats a row: a chunk's grids stay near the core)."""
+        """:meth:`sample` of rows without silence, in chunks of rows: the gate, mixture and day probabilities;
+        a kernel draws each type's part, its mixture time or its grid day, and so the day the gap falls on;
+        that day's hour probabilities; a kernel draws the hours and scores every type at the gap."""
         n = len(time_s)
         gaps, log_hazard = np.empty(n), np.empty((n, self.types))
         day0, x = torch.from_numpy(utc_day(time_s)), clock_hours(time_s)
+        hour0 = torch.from_numpy(np.floor(x)).long()
         for a in range(0, n, FUSED_CHUNK_ROWS):
             b = min(n, a + FUSED_CHUNK_ROWS)
-            log_gate, mixture, grid = rowwise(self._raw_parts, h[a:b], day0[a:b])
+            log_gate, mixture, h_day, day_p = rowwise(self._raw_parts, h[a:b], day0[a:b], hour0[a:b])
             if excluded is not None:
                 log_gate[:, torch.from_numpy(excluded)] = NEVER_GATE.log()
-            grid_all = grid.sum(-2).unflatten(-1, (self.types, 24)).sum(-1)
-            gaps[a:b], log_hazard[a:b] = kernels.sample_competing_times(
-                log_gate.numpy(), mixture.numpy(), grid.numpy(), grid_all.numpy(), x[a:b], u[a:b], min_gap_h,
-                NEVER_HOURS)
+            log_gate, mixture, day_p = log_gate.numpy(), mixture.numpy(), day_p.numpy()
+            earliest, gap_day, grid_day, u_hour = kernels.draw_grid_days(log_gate, mixture, day_p, x[a:b], u[a:b],
+                                                                         min_gap_h, NEVER_HOURS)
+            hours = rowwise(self._raw_hours, h_day, day0[a:b], torch.from_numpy(np.maximum(gap_day, 0)))
+            gaps[a:b], log_hazard[a:b] = kernels.finish_competing_times(
+                log_gate, mixture, day_p, hours.numpy(), x[a:b], u[a:b], earliest, gap_day, grid_day, u_hour,
+                min_gap_h, NEVER_HOURS)
         return gaps, log_hazard
+
+    def _raw_parts(self, h: torch.Tensor, day0: torch.Tensor, hour0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For the fused kernels (float32; they compute in float64): the log gate weights (..., types, 3), the
+        mixture's weights, means, log scales and scales (..., types, 4, K), ``self.day(h)`` and the day
+        probabilities (..., types, HORIZON_DAYS). Transcendentals are vectorised here, not per row."""
+        log_gate, raw = self.gate_and_mixture(h)
+        logits, mu, log_scale = raw.chunk(3, dim=-1)
+        log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
+        mixture = torch.stack([torch.softmax(logits, -1), mu, log_scale, log_scale.exp()], -2)
+        h_day = self.day(h)
+        features = self.day_features(h_day, day0, torch.arange(HORIZON_DAYS))
+        return log_gate, mixture, h_day, self.day_log_probs(features, hour0).exp()
+
+    def _raw_hours(self, h_day: torch.Tensor, day0: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """The unnormalised hour probabilities exp(logit) (..., types x 24) of grid day ``day`` (...), in the
+        layout the last layer writes them (no masking: the kernel skips the impossible hours)."""
+        return self.hours(self.day_features(h_day, day0, day.unsqueeze(-1)).squeeze(-2)).exp_()
+
+    def _grid_exp_is_safe(self) -> bool:
+        """Whether every hour logit is bounded by GRID_LOGIT_BOUND (its input is a tanh, so by the last layer's
+        absolute row sums): exp() of it then neither overflows nor underflows float32, and the kernel can
+        normalise without subtracting a maximum."""
+        bound = self.hours.weight.abs().sum(1) + self.hours.bias.abs()
+        return float(bound.max()) < GRID_LOGIT_BOUND
 
     def _sample_parts(self, h: torch.Tensor, time_s: np.ndarray, u: np.ndarray, min_gap_h: float,
                       silent: np.ndarray, silent_h: np.ndarray | None, excluded: np.ndarray | None = None):
-        """:meth:`sample` with torch and numpy over the parts (:meth:`parts`): any rows, silent or not."""
+        """:meth:`sample` with torch and numpy over every part and grid bin: any rows, silent or not."""
         n, k = len(time_s), self.types
         x = clock_hours(time_s)
         day0 = torch.from_numpy(utc_day(time_s))
         hour0 = torch.from_numpy(np.floor(x)).long()
-        parts = rowwise(self.parts, h, day0, hour0)
+        log_gate, mixture = rowwise(self.gate_and_mixture, h)
         latent = np.full((n, k), NEVER_HOURS)
-        gate = parts[0].double().exp().numpy()
+        gate = log_gate.double().exp().numpy()
         if silent.any():
-            gate[silent] = self._gate_given_silence(parts, np.flatnonzero(silent), x, silent_h)
+            rows = np.flatnonzero(silent)
+            index = torch.from_numpy(rows)
+            gate[silent] = self._gate_given_silence(h[index], log_gate[index], mixture[index], day0[index],
+                                                    hour0[index], x[rows], silent_h[rows])
         if excluded is not None:
             gate[:, excluded] = NEVER_GATE.numpy()
         part = (u[..., 0] >= gate[..., 0]).astype(np.int64) + (u[..., 0] >= gate[..., 0] + gate[..., 1])
         rows, types = np.nonzero((part == 0) & ~silent[:, None])
         if len(rows):
-            params = mixture_numpy(parts[1][torch.from_numpy(rows), torch.from_numpy(types)])
+            params = mixture_numpy(mixture[torch.from_numpy(rows), torch.from_numpy(types)])
             latent[rows, types] = kernels.sample_lognormal_mixture(*params, u[rows, types, 1], u[rows, types, 2])
         rows, types = np.nonzero((part == 0) & silent[:, None])
         if len(rows):
-            params = mixture_numpy(parts[1][torch.from_numpy(rows), torch.from_numpy(types)])
+            params = mixture_numpy(mixture[torch.from_numpy(rows), torch.from_numpy(types)])
             latent[rows, types] = truncated_lognormal_mixture(*params, np.log(silent_h[rows]), u[rows, types, 1],
                                                               u[rows, types, 2])
         rows, types = np.nonzero(part == 1)
         if len(rows):
-            probs = torch.softmax(parts[2][torch.from_numpy(rows), torch.from_numpy(types)].double(), -1).numpy()
+            grid = rowwise(self.grid_log_probs, h, day0, hour0)
+            probs = torch.softmax(grid[torch.from_numpy(rows), torch.from_numpy(types)].double(), -1).numpy()
             begin = x[rows]  # where the grid's mass may start: after the latest event, or after the silence
             if silent.any():  # only the silent rows' bins change: the others draw bitwise as without silence
                 quiet = silent[rows]
@@ -244,52 +323,19 @@ class TimeHead(nn.Module):
             latent[rows, types] = start + u[rows, types, 2] * (bin_ + 1.0 - start) - x[rows]
         gaps = np.clip(latent.min(axis=1), min_gap_h, NEVER_HOURS)
         bin_, log_width, frac = grid_position(x, gaps)
-        log_pdf, log_surv = self.parts_log_prob(parts, torch.from_numpy(np.log(gaps)).float(), torch.from_numpy(bin_),
-                                                torch.from_numpy(log_width).float(), torch.from_numpy(frac).float())
+        log_pdf, log_surv = rowwise(self.log_prob, h, day0, hour0, torch.from_numpy(np.log(gaps)).float(),
+                                    torch.from_numpy(bin_), torch.from_numpy(log_width).float(),
+                                    torch.from_numpy(frac).float())
         return gaps, (log_pdf - log_surv).double().numpy()
 
-    def _raw_parts(self, h: torch.Tensor, day0: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """For the fused kernel (float32; it computes in float64): the log gate weights (..., types, 3) and the
-        mixture's weights, means, log scales and scales (..., types, 4, K); the grid's unnormalised
-        probabilities exp(logit) (..., HORIZON_DAYS, types x 24), in the layout the last layer writes them (no
-        transpose, no masking: the kernel skips the impossible bins). Transcendentals are vectorised here, not
-        per row."""
-        logits, mu, log_scale = self.mixture(h).unflatten(-1, (self.types, -1)).chunk(3, dim=-1)
-        log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
-        mixture = torch.stack([torch.softmax(logits, -1), mu, log_scale, log_scale.exp()], -2)
-        e = self.day(h).unsqueeze(-2) + self.day_embeddings(day0)
-        return (F.log_softmax(self.gate(h).unflatten(-1, (self.types, 3)), -1), mixture,
-                self.hours(torch.tanh(e)).exp_())
-
-    def _grid_exp_is_safe(self) -> bool:
-        """Whether every grid logit is bounded by GRID_LOGIT_BOUND (its input is a tanh, so by the last layer's
-        absolute row sums): exp() of it then neither overflows nor underflows float32, and the kernel can
-        normalise without subtracting a maximum."""
-        bound = self.hours.weight.abs().sum(1) + self.hours.bias.abs()
-        return float(bound.max()) < GRID_LOGIT_BOUND
-
-    def _gate_given_silence(self, parts, rows: np.ndarray, x: np.ndarray, silent_h: np.ndarray) -> np.ndarray:
-        """(len(rows), types, 3) probabilities of each part of every type's latent time given that it comes
-        after ``silent_h`` hours: the gate weights times each part's survival there, renormalised."""
-        index = torch.from_numpy(rows)
-        c = silent_h[rows]
-        bin_, _, frac = grid_position(x[rows], c)
-        log_c = torch.from_numpy(np.log(c)).unsqueeze(-1)
-        _, mix_surv = mixture_log_prob(parts[1][index].double(), log_c)
-        _, _, grid_surv = _grid_survival(parts[2][index].double(), torch.from_numpy(bin_), torch.from_numpy(frac))
-        log_w = parts[0][index].double() + torch.stack([mix_surv, grid_surv, torch.zeros_like(mix_surv)], -1)
+    def _gate_given_silence(self, h, log_gate, mixture, day0, hour0, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """(rows, types, 3) probabilities of each part of every type's latent time given that it comes after
+        ``c`` hours: the gate weights times each part's survival there, renormalised."""
+        bin_, _, frac = grid_position(x, c)
+        _, mix_surv = mixture_log_prob(mixture.double(), torch.from_numpy(np.log(c)).unsqueeze(-1))
+        _, _, grid_surv = rowwise(self.grid_at, h, day0, hour0, torch.from_numpy(bin_), torch.from_numpy(frac).float())
+        log_w = log_gate.double() + torch.stack([mix_surv, grid_surv.double(), torch.zeros_like(mix_surv)], -1)
         return torch.softmax(log_w, -1).numpy()  # "never" survives any silence, so no row is all -inf
-
-
-def _grid_survival(log_p: torch.Tensor, bin_: torch.Tensor, frac: torch.Tensor):
-    """(inside the grid?, log probability of the gap's bin, log survival of the grid part past the gap),
-    each (..., types), for grid log probabilities ``log_p`` (..., types, BINS)."""
-    inside = (bin_ >= 0).unsqueeze(-1)
-    b = bin_.clamp(min=0)[..., None, None].expand(*log_p.shape[:-1], 1)
-    log_pb = log_p.gather(-1, b).squeeze(-1)
-    later = (torch.arange(BINS) > bin_.clamp(min=0).unsqueeze(-1)).unsqueeze(-2)  # the bins after the gap's
-    surv = (log_p.exp() * later).sum(-1) + log_pb.exp() * (1 - frac).unsqueeze(-1)  # a sum: no cancellation
-    return inside, log_pb, torch.where(inside, surv.clamp(min=1e-30).log(), float("-inf"))
 
 
 def _grid_after(probs: np.ndarray, begin: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from twinsim.models import time_head as th
+from twinsim.models.time_head import BINS
 
 TYPES = 3
 
@@ -63,7 +64,8 @@ def test_a_type_due_for_sure_caps_the_gap_of_all():
             p.zero_()
         head.gate.bias[:] = torch.tensor([-30.0, 30.0, -30.0, 30.0, -30.0, -30.0])  # type 0 grid, 1 log-normal
         head.day_emb[3].weight[:, 0] = torch.tensor([10.0] + [-10.0] * (th.HORIZON_DAYS - 1))  # today, or not
-        head.hours.weight[3, 0] = 30.0  # type 0: 03:00-04:00 today
+        head.days.weight[0, 0] = 30.0  # type 0: today
+        head.hours.weight[3, 0] = 30.0  # type 0: 03:00-04:00
         head.hours.bias[:] = torch.tensor([0.0 if hour == 3 else -30.0 for hour in range(24)] + [0.0] * 24)
         head.mixture.bias[:] = torch.tensor([0.0] * 4 + [np.log(500.0)] * 4 + [-1.0] * 4).repeat(2)
     t0 = 1.75e9 - 1.75e9 % 86400 + 3600 * 1.5  # 01:30 UTC: type 0 comes between 03:00 and 04:00
@@ -163,3 +165,32 @@ def test_the_fused_kernel_draws_what_the_vectorised_path_draws(monkeypatch):
     assert same.mean() > 0.999
     assert np.allclose(fused_hazard[same], hazard[same], rtol=1e-3, atol=1e-3)
     assert (fused == th.NEVER_HOURS).sum() == (gaps == th.NEVER_HOURS).sum()
+
+
+def test_scoring_one_day_equals_the_full_grid():
+    """A gap's grid terms come from its day's hours alone (``grid_at``); they are the full grid's (every day's
+    hours, ``grid_log_probs``): the bin's probability and the mass after the gap, at every hour of a week,
+    for gaps in the current hour, later today, on later days and past the horizon."""
+    torch.manual_seed(4)
+    head = th.TimeHead(16, 4, types=TYPES)
+    rng = np.random.default_rng(6)
+    n = 4_000
+    t0 = 1.75e9 + rng.random(n) * 7 * 86400
+    x = th.clock_hours(t0)
+    gaps = np.exp(rng.uniform(np.log(1e-3), np.log(300.0), n))
+    bin_, _, frac = th.grid_position(x, gaps)
+    h, day0, hour0 = torch.randn(n, 16), torch.from_numpy(th.utc_day(t0)), torch.from_numpy(np.floor(x)).long()
+    with torch.no_grad():
+        inside, log_pb, log_surv = head.grid_at(h, day0, hour0, torch.from_numpy(bin_), torch.from_numpy(frac).float())
+        p = head.grid_log_probs(h, day0, hour0).double().exp().numpy()  # (n, types, BINS)
+    assert np.allclose(p.sum(-1), 1.0, atol=1e-5)
+    gone = np.broadcast_to(np.arange(BINS)[None, None, :] <= np.floor(x)[:, None, None], p.shape)
+    assert (p[gone] == 0).all()  # nothing before the next clock hour
+    assert (bin_ == -1).any() and (bin_ == np.floor(x)).any() and (bin_ >= 24).any()
+    b = np.maximum(bin_, 0)
+    p_b = np.take_along_axis(p, b[:, None, None].repeat(TYPES, 1), -1)[..., 0]
+    later = (p * (np.arange(BINS)[None, None, :] > b[:, None, None])).sum(-1) + p_b * (1 - frac)[:, None]
+    ok = bin_ >= 0
+    assert (inside.numpy() == ok[:, None]).all() and np.isneginf(log_surv.numpy()[~ok]).all()
+    assert np.allclose(np.exp(log_pb.double().numpy()[ok]), p_b[ok], atol=1e-6)
+    assert np.allclose(np.exp(log_surv.double().numpy()[ok]), later[ok], atol=1e-5)
