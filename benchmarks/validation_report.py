@@ -74,15 +74,18 @@ def model_benchmark_parser(doc: str, users: int) -> argparse.ArgumentParser:
 def seed_spread(train: EventLog, holdout: EventLog, other: EventLog, manifest: dict | None, seeds: list[int],
                 first: dict) -> dict:
     """The report again under each of ``seeds`` (``first`` is the first seed's): how many pass, and the
-    discriminator's AUC and threshold per seed. Prints one summary line."""
+    discriminator's AUC and threshold per seed, and which checks failed at each. Prints two summary lines."""
     reports = [first] + [run_validation(train, holdout, other, ValidationConfig(seed=s), manifest=manifest)
                          for s in seeds[1:]]
     disc = [next(c for c in r["checks"] if c["id"] == "discriminator") for r in reports]
     auc = [c["synthetic"] for c in disc]
+    failed = [[c["id"] for c in r["checks"] if not c["passed"]] for r in reports]
     print(f"  over seeds {','.join(map(str, seeds))}: {sum(r['passed'] for r in reports)} of {len(seeds)} pass; "
           f"discriminator {' '.join(f'{a:.3f}' for a in auc)} (mean {sum(auc) / len(auc):.3f}), thresholds "
           + " ".join(f"{c['threshold']:.3f}" for c in disc))
-    return {"seeds": seeds, "passed": [r["passed"] for r in reports], "discriminator": auc,
+    by_seed = (f"{s}: {', '.join(f) or 'none'}" for s, f in zip(seeds, failed, strict=True))
+    print("  failed by seed: " + "; ".join(by_seed))
+    return {"seeds": seeds, "passed": [r["passed"] for r in reports], "failed": failed, "discriminator": auc,
             "discriminator_threshold": [c["threshold"] for c in disc], "discriminator_mean": sum(auc) / len(auc)}
 
 
