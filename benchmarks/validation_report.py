@@ -12,7 +12,8 @@ For each case prints whether each group of gates passed and the headline figures
 ceiling, then one JSON line with every check. --out also writes each case's report directory.
 
 --seeds runs each case again with other report seeds (which training customers and synthetic customers
-are compared, and the classifiers' folds) and adds how many seeds pass and the discriminator's spread:
+are compared, and the classifiers' folds) and adds how many seeds pass, which checks failed at each, and
+the discriminator's spread:
 on 488 customers a side its AUC moves by about +/-0.02 between seeds (docs/validation.md, session 13).
 """
 
