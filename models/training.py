@@ -184,7 +184,8 @@ def train(
         train_log = train_log.subset(mask)
     model_cfg = model_config_for(schema, **(model_overrides or {}))
     model = EventTransformer(model_cfg)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel over all 95 tensors (0.65 ms a step against 3.7 for the per-tensor loop, session 25)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     win = make_windows(train_log, model_cfg.window, config.chunk, model_cfg.n_layers)
     budget = config.batch_size * (model_cfg.window + 1)  # tokens per step
     ended = user_ended(train_log, schema.terminal_codes)

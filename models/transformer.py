@@ -319,7 +319,7 @@ class EventTransformer(nn.Module):
         time = -torch.where(is_event, log_pdf, log_surv).sum()
         ev = kind == EVENT
         q = self.query(h[ev], batch["target_calendar"][ev], batch["target_log_gap"][ev], batch["target_context"][ev],
-                       batch["query_recency"][ev])
+                       batch["query_recency"])
         target_type = batch["target_type"][ev]
         log_hazard = (type_log_pdf - type_log_surv)[is_event]
         type_ = F.cross_entropy(self.type_logits(q, log_hazard), target_type, reduction="sum")

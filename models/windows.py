@@ -145,7 +145,9 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "time_days": t(tok_days, torch.float32),
         "recency": t(recency(tok_days, tok_last, tok_recent, np.ones_like(tok_days))),
         "memory": t(tokens(log.memory, 0.0), torch.float32),
-        "query_recency": t(recency(target_days, tok_last, tok_recent, decay_over(target_days - tok_days))),
+        # only where an event is predicted, in the row-major order of ``target_kind == EVENT``
+        "query_recency": t(recency(target_days[is_event], tok_last[is_event], tok_recent[is_event],
+                                   decay_over(target_days - tok_days)[is_event])),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
