@@ -53,7 +53,8 @@ def main() -> None:
         model = EventTransformer(cfg)
         steps = batches(win, cfg.window, budget, np.random.default_rng(0))
         layouts[name] = {"win": win, "model": model, "steps": steps, "ms": [], "tokens": [], "scored": [],
-                         "opt": torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)}
+                         "opt": torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                                         fused=True)}  # as train() steps
     for r in range(args.rounds):
         for lay in layouts.values():
             model, opt = lay["model"], lay["opt"]

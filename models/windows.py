@@ -147,7 +147,7 @@ def collate(log: EncodedLog, win: Windows, rows: np.ndarray, window: int, ended:
         "memory": t(tokens(log.memory, 0.0), torch.float32),
         # only where an event is predicted, in the row-major order of ``target_kind == EVENT``
         "query_recency": t(recency(target_days[is_event], tok_last[is_event], tok_recent[is_event],
-                                   decay_over(target_days - tok_days)[is_event])),
+                                   decay_over(target_days[is_event] - tok_days[is_event]))),
         "valid": t(np.concatenate([np.ones((len(rows), 1), bool), has_token], axis=1)),
         "static_cat": t(log.static_cat[users], torch.long),
         "static_num": t(log.static_num[users], torch.float32),
